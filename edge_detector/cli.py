@@ -1,0 +1,259 @@
+"""The ``edge-detector`` command line: one click group of thin commands.
+
+Each command parses options, calls one library function, and turns library errors into
+``click.ClickException`` (a clear message, exit code 1, no traceback).
+"""
+import functools
+import json
+import os
+import sys
+import time
+
+import click
+
+from edge_detector import __version__
+from edge_detector.runtime import ENGINES, MODES, BundleError, Detector, InputError, run_stream
+
+
+def library_errors(fn):
+    """Report library errors as one clear line instead of a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (BundleError, InputError, FileNotFoundError, ValueError, RuntimeError) as exc:
+            raise click.ClickException(str(exc)) from None
+    return wrapper
+
+
+def _require_train_extra():
+    try:
+        import sklearn  # noqa: F401, PLC0415
+        import tensorflow  # noqa: F401, PLC0415
+    except ImportError:
+        raise click.ClickException("this command needs the training stack: pip install 'edge-detector[train]'") from None
+
+
+def _echo_err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="edge-detector")
+def cli():
+    """Two-stage IoT sensor anomaly detection: train on a workstation, run on a gateway.
+
+    Workstation: generate -> train -> export. Gateway: detect. Both: evaluate, demo.
+    """
+
+
+@cli.command()
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
+@click.option("--seed", default=42, show_default=True, help="Random seed; the same seed writes the same file.")
+@click.option("--n", "n", default=10_000, show_default=True, help="Number of one-minute readings.")
+@library_errors
+def generate(out, seed, n):
+    """Write synthetic sensor data: 4 sensors with labelled spikes, drops, contextual and collective anomalies.
+
+    Example:
+
+        edge-detector generate --out data.csv --seed 42
+    """
+    from edge_detector.export.data import generate as make, write_csv  # noqa: PLC0415
+    data = make(n=n, seed=seed)
+    write_csv(data, out)
+    click.echo("wrote %s: %d readings, %d sensors, %.2f%% anomalous"
+               % (out, len(data.values), len(data.sensors), 100 * data.labels.mean()))
+
+
+def _load(path, sensors, label_col, timestamp_col):
+    from edge_detector.export.data import load_csv  # noqa: PLC0415
+    names = [s.strip() for s in sensors.split(",")] if sensors else None
+    return load_csv(path, sensors=names, label_col=label_col, timestamp_col=timestamp_col)
+
+
+data_options = [
+    click.option("--sensors", default=None, help="Comma-separated sensor columns (default: every column that is "
+                 "not the timestamp or the label)."),
+    click.option("--label-col", default=None, help="Label column (default: is_anomaly, anomaly or label if present)."),
+    click.option("--timestamp-col", default=None, help="Timestamp column (default: timestamp, datetime, time...)."),
+]
+
+
+def with_data_options(fn):
+    for option in reversed(data_options):
+        fn = option(fn)
+    return fn
+
+
+@cli.command()
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
+@with_data_options
+@click.option("--seed", default=42, show_default=True, help="Seed for every model.")
+@click.option("--window", default=50, show_default=True, help="Stage-2 window length W, in readings.")
+@click.option("--epochs", default=30, show_default=True, help="Most LSTM epochs (early stopping ends sooner).")
+@click.option("--screen-share", default=0.10, show_default=True,
+              help="Share of normal readings that stage 1 passes to stage 2.")
+@library_errors
+def train(data, out, sensors, label_col, timestamp_col, seed, window, epochs, screen_share):
+    """Train IsolationForest, LSTM autoencoder and LOF, and calibrate thresholds on normal data.
+
+    Uses a GPU when TensorFlow sees one. Saves Keras (native format), scikit-learn (joblib),
+    model.json (calibration) and metrics.json.
+
+    Example:
+
+        edge-detector train data.csv --out model/
+    """
+    _require_train_extra()
+    from edge_detector.export.train import TrainConfig, train as fit  # noqa: PLC0415
+    dataset = _load(data, sensors, label_col, timestamp_col)
+    config = TrainConfig(seed=seed, window=window, epochs=epochs, screen_share=screen_share)
+    fit(dataset, out, config, progress=_echo_err, source=data)
+    click.echo("model written to %s" % out)
+
+
+@cli.command("export")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.option("--data", "data", default=None, type=click.Path(dir_okay=False),
+              help="Training CSV for the parity checks (default: the path recorded at training).")
+@with_data_options
+@library_errors
+def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col):
+    """Convert a model folder to a bundle: TFLite, ONNX, NumPy weights and a manifest.
+
+    Refuses to write anything if an engine misses parity with the originals.
+
+    Example:
+
+        edge-detector export model/ --out bundle/ --data data.csv
+    """
+    _require_train_extra()
+    from edge_detector.export.convert import export_bundle  # noqa: PLC0415
+    if data is None:
+        with open(os.path.join(model_dir, "model.json")) as fh:
+            data = json.load(fh).get("training_data", {}).get("path")
+        if not data or not os.path.isfile(data):
+            raise click.ClickException("pass --data: the training CSV is needed for the parity checks")
+    with open(os.path.join(model_dir, "model.json")) as fh:
+        names = json.load(fh)["sensors"]
+    dataset = _load(data, sensors or ",".join(names), label_col, timestamp_col)
+    export_bundle(model_dir, dataset, out, progress=_echo_err)
+    click.echo("bundle written to %s" % out)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path())
+@click.argument("input", default="-", type=click.Path(allow_dash=True))
+@click.option("--engine", type=click.Choice(ENGINES), default="numpy", show_default=True,
+              help="numpy: both stages in NumPy; tflite: stage 2 through LiteRT; onnx: stage 1 through "
+                   "onnxruntime; auto: those runtimes where installed.")
+@click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True,
+              help="hybrid: stage 2 only where stage 1 flags; lstm: stage 2 everywhere; iforest: stage 1 alone.")
+@click.option("--out", "out", default="-", type=click.Path(allow_dash=True), help="Events file (default: stdout).")
+@click.option("--alarms-only", is_flag=True, help="Write anomalies only.")
+@click.option("--stats", is_flag=True, help="Print counts (read = scored + rejected, alarms) to stderr at the end.")
+@library_errors
+def detect(bundle, input, engine, mode, out, alarms_only, stats):
+    """Score CSV readings and write one JSON event per reading (JSON Lines).
+
+    Reads the layout `train` reads; timestamp and label columns are recognised and not
+    scored. Each event holds line, timestamp, stage1, stage2 (null where stage 2 did not
+    run), is_anomaly, warmup, and for stage-2 readings top_sensors and contributions.
+    A malformed line is not fatal: it goes to stderr as {"line": N, "error": "..."} and
+    the stream goes on.
+
+    Example:
+
+        edge-detector detect bundle/ readings.csv --alarms-only
+    """
+    detector = Detector.load(bundle, engine=engine, mode=mode)
+    src = click.open_file(input, "r", encoding="utf-8")
+    dst = click.open_file(out, "w", encoding="utf-8")
+    err = click.get_text_stream("stderr")
+    with src, dst:
+        counts = run_stream(detector, src, dst, err, alarms_only=alarms_only)
+    if stats:
+        _echo_err(json.dumps({"stats": counts}))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path())
+@click.argument("data", type=click.Path(dir_okay=False))
+@with_data_options
+@click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
+              help="Model folder: adds LOF, the reference, to the table.")
+@click.option("--test-fraction", default=0.0, show_default=True,
+              help="Count only the last fraction of rows (the chronological test split; 0 = all rows).")
+@click.option("--engine", type=click.Choice(ENGINES), default="numpy", show_default=True)
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@library_errors
+def evaluate(bundle, data, sensors, label_col, timestamp_col, model_dir, test_fraction, engine, json_out):
+    """Precision, recall, F1, ROC-AUC, PR-AUC and stage-2 share for every mode, on labelled data.
+
+    Scores through the edge runtime, as a gateway would.
+
+    Example:
+
+        edge-detector evaluate bundle/ data.csv --model model/ --test-fraction 0.2
+    """
+    from edge_detector.export.evaluate import comparison_table, evaluate as run  # noqa: PLC0415
+    manifest_sensors = Detector.load(bundle).sensors
+    dataset = _load(data, sensors or ",".join(manifest_sensors), label_col, timestamp_col)
+    start = int(round(len(dataset.values) * (1 - test_fraction))) if test_fraction else 0
+    report = run(bundle, dataset, start=start, engine=engine, model_dir=model_dir)
+    click.echo(comparison_table(report))
+    if json_out:
+        with open(json_out, "w") as fh:
+            json.dump({"rows": len(dataset.values) - start, "start": start, "modes": report}, fh, indent=2)
+
+
+@cli.command()
+@click.option("--dir", "workdir", default="demo-run", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the data, model, bundle and events.")
+@click.option("--seed", default=42, show_default=True)
+@library_errors
+def demo(workdir, seed):
+    """The whole pipeline on synthetic data: generate -> train -> export -> detect -> evaluate.
+
+    Prints the comparison table of all modes on the chronological test split (last 20%).
+
+    Example:
+
+        edge-detector demo --dir demo-run
+    """
+    _require_train_extra()
+    from edge_detector.export.convert import export_bundle  # noqa: PLC0415
+    from edge_detector.export.data import generate as make, write_csv, load_csv  # noqa: PLC0415
+    from edge_detector.export.evaluate import comparison_table, evaluate as run  # noqa: PLC0415
+    from edge_detector.export.train import TrainConfig, train as fit  # noqa: PLC0415
+    t0 = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    data_csv, model_dir, bundle = (os.path.join(workdir, p) for p in ("data.csv", "model", "bundle"))
+    click.echo("[1/5] generate  %s" % data_csv)
+    write_csv(make(seed=seed), data_csv)
+    dataset = load_csv(data_csv)
+    click.echo("[2/5] train     %s" % model_dir)
+    fit(dataset, model_dir, TrainConfig(seed=seed), progress=_echo_err, source=data_csv)
+    click.echo("[3/5] export    %s" % bundle)
+    export_bundle(model_dir, dataset, bundle, progress=_echo_err)
+    events = os.path.join(workdir, "events.jsonl")
+    click.echo("[4/5] detect    %s" % events)
+    detector = Detector.load(bundle)
+    with open(data_csv, encoding="utf-8", newline="") as src, open(events, "w", encoding="utf-8") as dst:
+        counts = run_stream(detector, src, dst, sys.stderr)
+    click.echo("      %d readings scored, %d alarms" % (counts["scored"], counts["alarms"]))
+    click.echo("[5/5] evaluate  test split: the last 20%% of readings (seed %d)" % seed)
+    start = int(round(len(dataset.values) * 0.8))
+    report = run(bundle, dataset, start=start, model_dir=model_dir)
+    with open(os.path.join(workdir, "report.json"), "w") as fh:
+        json.dump(report, fh, indent=2)
+    click.echo("")
+    click.echo(comparison_table(report))
+    click.echo("\ndone in %.0fs; files in %s/" % (time.time() - t0, workdir))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,834 @@
+"""edge-detector runtime: two-stage sensor anomaly detection with NumPy alone.
+
+This one file is the whole device side. Copy it next to a bundle and run it::
+
+    python3 runtime.py bundle/ < readings.csv > events.jsonl
+
+or import it::
+
+    from runtime import Detector
+    detector = Detector.load("bundle/")
+    result = detector.score_one([51.2, 40.3, 62.0, 48.8])
+
+It imports NumPy and the standard library only (the TFLite and ONNX engines import
+their runtimes lazily, inside functions), and it keeps to Python 3.9 syntax and
+NumPy 1.24 APIs so that Raspberry Pi OS and older Jetson images can run it.
+
+A reading flows top to bottom through this file:
+
+1. CSV / JSON line  -> ``parse_header`` / ``parse_csv_line`` -> sensor vector
+2. sensor vector    -> ``FeatureState.update``               -> feature vector   (stage 1 input)
+3. feature vector   -> ``iforest_score``                     -> stage-1 score, screened against tau1
+4. last W readings  -> ``standardize_windows`` -> ``lstm_ae_forward`` -> ``reconstruction_error``
+                                                             -> stage-2 score, compared with tau2
+5. ``Detector.score_one`` wraps 2-4 into a ``Score``; ``event_record`` turns it into a JSON event.
+
+Scores everywhere: higher = more anomalous.
+"""
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "BundleError", "Detector", "FeatureSpec", "FeatureState", "InputError", "Score",
+    "batch_features", "feature_names", "iforest_score", "lstm_ae_forward", "load_bundle",
+]
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.npz"
+TFLITE_FILE = "lstm_ae.tflite"
+ONNX_FILE = "iforest.onnx"
+ENGINES = ("numpy", "tflite", "onnx", "auto")
+MODES = ("hybrid", "lstm", "iforest")
+
+
+class BundleError(ValueError):
+    """A bundle is missing, corrupt, or does not match what is asked of it."""
+
+
+class InputError(ValueError):
+    """One reading (or a header) cannot be used; the stream itself may go on."""
+
+
+# --------------------------------------------------------------------------------------
+# 1. Features: one definition, two forms (batch and streaming) that give equal matrices.
+# --------------------------------------------------------------------------------------
+# Every feature is relative to the local level (the mean of the longest window), so a
+# slow trend in the data moves no feature: the test split may drift beyond the training
+# range and stage 1 still sees the same distribution.
+
+class FeatureSpec(NamedTuple):
+    windows: Tuple[int, ...] = (5, 15, 50)   # rolling windows, in readings; the last is the level
+    lags: Tuple[int, ...] = (1, 5)           # x[t] - x[t-lag]
+
+    @property
+    def history(self) -> int:
+        """Readings the streaming state must keep (the longest window or lag + 1)."""
+        return max(max(self.windows), max(self.lags) + 1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSpec":
+        return cls(windows=tuple(int(w) for w in d["windows"]), lags=tuple(int(k) for k in d["lags"]))
+
+    def to_dict(self) -> dict:
+        return {"windows": list(self.windows), "lags": list(self.lags)}
+
+
+def feature_names(spec: FeatureSpec, sensors: Sequence[str]) -> List[str]:
+    """Column names of the feature matrix, sensor-major, in the order the functions emit."""
+    level = spec.windows[-1]
+    per_sensor = ["x-mean%d" % level]
+    per_sensor += ["mean%d-mean%d" % (w, level) for w in spec.windows[:-1]]
+    per_sensor += ["std%d" % w for w in spec.windows]
+    per_sensor += ["max%d-mean%d" % (w, level) for w in spec.windows]
+    per_sensor += ["mean%d-min%d" % (level, w) for w in spec.windows]
+    per_sensor += ["diff%d" % k for k in spec.lags]
+    return ["%s:%s" % (s, f) for s in sensors for f in per_sensor]
+
+
+def _features_from_history(hist: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    # [..., sensors, history] -> [..., sensors * n_features_per_sensor]
+    # Both forms call this on contiguous [.., history] rows, so the reductions run in the
+    # same order and the two forms agree to the last bit, not just to a tolerance.
+    x = hist[..., -1]
+    level = hist[..., -spec.windows[-1]:].mean(axis=-1)
+    cols = [x - level]
+    cols += [hist[..., -w:].mean(axis=-1) - level for w in spec.windows[:-1]]
+    cols += [hist[..., -w:].std(axis=-1) for w in spec.windows]
+    cols += [hist[..., -w:].max(axis=-1) - level for w in spec.windows]
+    cols += [level - hist[..., -w:].min(axis=-1) for w in spec.windows]
+    cols += [x - hist[..., -1 - k] for k in spec.lags]
+    out = np.stack(cols, axis=-1)                      # [..., sensors, per_sensor]
+    return out.reshape(out.shape[:-2] + (-1,))         # [..., sensors * per_sensor]
+
+
+def batch_features(values: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.ndarray:
+    """Feature matrix of a whole series: [time, sensors] -> [time, features].
+
+    The history before the first reading is taken to be the first reading repeated,
+    exactly as the streaming form starts, so row t equals ``FeatureState`` after t+1 updates.
+
+    >>> x = np.arange(12, dtype=float).reshape(6, 2)
+    >>> batch_features(x, FeatureSpec(windows=(2, 3), lags=(1,))).shape
+    (6, 18)
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] == 0:
+        raise ValueError("values must be [time, sensors] with at least one row, got shape %r" % (values.shape,))
+    h = spec.history
+    padded = np.concatenate([np.repeat(values[:1], h - 1, axis=0), values])   # [time + h - 1, sensors]
+    hist = np.lib.stride_tricks.sliding_window_view(padded, h, axis=0)        # [time, sensors, h]
+    return _features_from_history(np.ascontiguousarray(hist), spec)
+
+
+class FeatureState:
+    """Streaming form of ``batch_features``: one reading in, one feature row out.
+
+    >>> spec = FeatureSpec(windows=(2, 3), lags=(1,))
+    >>> x = np.arange(12, dtype=float).reshape(6, 2)
+    >>> state = FeatureState(spec, n_sensors=2)
+    >>> rows = np.stack([state.update(r) for r in x])
+    >>> bool(np.array_equal(rows, batch_features(x, spec)))
+    True
+    """
+
+    def __init__(self, spec: FeatureSpec, n_sensors: int):
+        self.spec = spec
+        self.n_sensors = n_sensors
+        self._hist = np.zeros((n_sensors, spec.history))   # [sensors, history], oldest first
+        self.count = 0
+
+    def reset(self) -> None:
+        self.count = 0
+
+    def update(self, reading: np.ndarray) -> np.ndarray:
+        reading = np.asarray(reading, dtype=np.float64)
+        if self.count == 0:
+            self._hist[:] = reading[:, None]           # same padding as the batch form
+        else:
+            self._hist[:, :-1] = self._hist[:, 1:]
+            self._hist[:, -1] = reading
+        self.count += 1
+        return _features_from_history(self._hist, self.spec)
+
+
+# --------------------------------------------------------------------------------------
+# 2. Stage 1: IsolationForest, flattened into perfect binary trees of equal depth.
+# --------------------------------------------------------------------------------------
+# Each tree is padded to depth D: node i has children 2i+1 and 2i+2. A leaf shallower
+# than D gets a threshold of +inf below it, so every descent takes exactly D steps and
+# all trees descend together, one level per NumPy operation.
+
+def iforest_score(forest: Dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
+    """Anomaly score in (0, 1), higher = more anomalous: [n, features] -> [n].
+
+    Equals ``-IsolationForest.score_samples`` of scikit-learn: features are compared in
+    float32, as scikit-learn's trees do.
+    """
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    feature, threshold = forest["feature"], forest["threshold"]        # [trees, 2^D - 1]
+    n_trees, n_internal = feature.shape
+    depth = int(forest["depth"])
+    rows = np.arange(x.shape[0])[:, None]                                # [n, 1]
+    offset = np.arange(n_trees) * n_internal                             # [trees]
+    flat_feature, flat_threshold = feature.ravel(), threshold.ravel()
+    node = np.zeros((x.shape[0], n_trees), dtype=np.intp)                # [n, trees]
+    for _ in range(depth):
+        idx = node + offset
+        go_right = x[rows, flat_feature[idx]] > flat_threshold[idx]
+        node = 2 * node + 1 + go_right
+    leaf = node - n_internal                                             # [n, trees] in [0, 2^D)
+    path = forest["leaf_value"].ravel()[leaf + np.arange(n_trees) * (n_internal + 1)].sum(axis=1)
+    return np.power(2.0, -path / float(forest["normalizer"]))
+
+
+# --------------------------------------------------------------------------------------
+# 3. Stage 2: LSTM autoencoder forward pass.
+# --------------------------------------------------------------------------------------
+# Keras weights are folded once at load time: the four gates share one matrix product,
+# and the sigmoid gates are scaled by 1/2 so a single tanh serves all four gates,
+# using sigmoid(z) = 0.5 * tanh(z / 2) + 0.5.
+
+LSTM_LAYERS = ("enc1", "enc2", "dec1", "dec2")
+
+
+def fold_lstm(kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray) -> Dict[str, np.ndarray]:
+    """Keras LSTM weights (gate order i, f, c, o) -> one-tanh form, float32."""
+    units = recurrent.shape[0]
+    scale = np.full(4 * units, 0.5, dtype=np.float32)
+    scale[2 * units:3 * units] = 1.0                      # the cell candidate keeps its tanh
+    return {"W": (kernel * scale).astype(np.float32), "U": (recurrent * scale).astype(np.float32),
+            "b": (bias * scale).astype(np.float32), "units": units}
+
+
+def fold_weights(raw: Dict[str, np.ndarray]) -> Dict[str, object]:
+    """Named Keras arrays from the bundle -> the arrays ``lstm_ae_forward`` uses."""
+    w: Dict[str, object] = {}
+    for name in LSTM_LAYERS:
+        w[name] = fold_lstm(raw[name + "/kernel"], raw[name + "/recurrent_kernel"], raw[name + "/bias"])
+    for name in ("bottleneck", "output"):
+        w[name] = {"W": raw[name + "/kernel"].astype(np.float32), "b": raw[name + "/bias"].astype(np.float32)}
+    return w
+
+
+def _lstm_steps(xw: np.ndarray, layer: dict, steps: int, keep_sequence: bool) -> np.ndarray:
+    # xw: input projection plus bias, [batch, time, 4u] (or [batch, 4u] when the input
+    # repeats at every step, as in the decoder) -> [batch, time, u] or [batch, u]
+    u = layer["units"]
+    U = layer["U"]
+    batch = xw.shape[0]
+    h = np.zeros((batch, u), dtype=np.float32)
+    c = np.zeros((batch, u), dtype=np.float32)
+    z = np.empty((batch, 4 * u), dtype=np.float32)
+    seq = np.empty((batch, steps, u), dtype=np.float32) if keep_sequence else None
+    repeated = xw.ndim == 2
+    for t in range(steps):
+        np.matmul(h, U, out=z)
+        z += xw if repeated else xw[:, t]
+        np.tanh(z, out=z)
+        i = z[:, :u] * 0.5 + 0.5
+        f = z[:, u:2 * u] * 0.5 + 0.5
+        o = z[:, 3 * u:] * 0.5 + 0.5
+        c *= f
+        c += i * z[:, 2 * u:3 * u]
+        h = o * np.tanh(c)
+        if keep_sequence:
+            seq[:, t] = h
+    return seq if keep_sequence else h
+
+
+def lstm_ae_forward(w: Dict[str, object], windows: np.ndarray) -> np.ndarray:
+    """Reconstruct standardized windows: [batch, time, sensors] -> [batch, time, sensors]."""
+    x = np.asarray(windows, dtype=np.float32)
+    steps = x.shape[1]
+    e1, e2, d1, d2 = (w[name] for name in LSTM_LAYERS)
+    h1 = _lstm_steps(x @ e1["W"] + e1["b"], e1, steps, True)            # [b, t, 64]
+    h2 = _lstm_steps(h1 @ e2["W"] + e2["b"], e2, steps, False)          # [b, 32]
+    code = np.maximum(h2 @ w["bottleneck"]["W"] + w["bottleneck"]["b"], 0.0)   # [b, 16]
+    h3 = _lstm_steps(code @ d1["W"] + d1["b"], d1, steps, True)         # [b, t, 32]; input repeats
+    h4 = _lstm_steps(h3 @ d2["W"] + d2["b"], d2, steps, True)           # [b, t, 64]
+    return h4 @ w["output"]["W"] + w["output"]["b"]                     # [b, t, sensors]
+
+
+def standardize_windows(windows: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Centre each window on its own mean and divide by the training scale.
+
+    [batch, time, sensors] -> [batch, time, sensors], float32. Centring per window removes
+    the level (and so any slow trend); the model sees shape, not absolute value.
+    """
+    windows = np.asarray(windows, dtype=np.float64)
+    centred = windows - windows.mean(axis=1, keepdims=True)
+    return (centred / scale).astype(np.float32)
+
+
+def reconstruction_error(x: np.ndarray, recon: np.ndarray, tail: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Stage-2 score of each window and each sensor's share of it.
+
+    Only the last ``tail`` steps count: the score belongs to the newest reading, so an old
+    spike that is still inside the window does not keep raising alarms.
+    [batch, time, sensors] x2 -> score [batch], shares [batch, sensors]
+    """
+    err = (np.asarray(x, dtype=np.float64)[:, -tail:] - recon[:, -tail:]) ** 2   # [b, tail, s]
+    per_sensor = err.mean(axis=1)                                                 # [b, s]
+    score = per_sensor.mean(axis=1)                                               # [b]
+    total = per_sensor.sum(axis=1, keepdims=True)
+    shares = np.divide(per_sensor, total, out=np.zeros_like(per_sensor), where=total > 0)
+    return score, shares
+
+
+# --------------------------------------------------------------------------------------
+# 4. Engines: who computes stage 1 and stage 2.
+# --------------------------------------------------------------------------------------
+
+class NumpyStage1:
+    name = "numpy"
+
+    def __init__(self, forest: Dict[str, np.ndarray]):
+        self.forest = forest
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return iforest_score(self.forest, features)
+
+
+class NumpyStage2:
+    name = "numpy"
+
+    def __init__(self, weights: Dict[str, object]):
+        self.weights = weights
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return lstm_ae_forward(self.weights, x)
+
+
+def _tflite_interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415 (optional, lazy)
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter  # noqa: PLC0415
+        return Interpreter
+    except ImportError:
+        raise BundleError("engine 'tflite' needs ai-edge-litert or tflite-runtime: "
+                          "pip install 'edge-detector[tflite]'") from None
+
+
+class TFLiteStage2:
+    """The fused-LSTM TFLite model, batch 1, invoked once per window."""
+    name = "tflite"
+
+    def __init__(self, model_path: str, threads: Optional[int] = None):
+        interpreter_class = _tflite_interpreter_class()
+        try:
+            self.interpreter = interpreter_class(model_path=model_path, num_threads=threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise BundleError("%s: not a loadable TFLite model (%s)" % (model_path, exc)) from None
+        self.input_index = self.interpreter.get_input_details()[0]["index"]
+        self.output_index = self.interpreter.get_output_details()[0]["index"]
+        self.input_shape = tuple(self.interpreter.get_input_details()[0]["shape"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape[1:] != self.input_shape[1:]:
+            raise ValueError("window shape %r does not match the model's %r" % (x.shape[1:], self.input_shape[1:]))
+        out = np.empty_like(x)
+        for b in range(x.shape[0]):
+            # The fused LSTM keeps its state in variables across invokes; each window
+            # must start from zero state, as in Keras.
+            self.interpreter.reset_all_variables()
+            self.interpreter.set_tensor(self.input_index, x[b:b + 1])
+            self.interpreter.invoke()
+            out[b] = self.interpreter.get_tensor(self.output_index)[0]
+        return out
+
+
+class OnnxStage1:
+    """skl2onnx's IsolationForest graph through onnxruntime."""
+    name = "onnx"
+
+    def __init__(self, model_path: str, offset: float, threads: Optional[int] = None):
+        try:
+            import onnxruntime as ort  # noqa: PLC0415 (optional, lazy)
+        except ImportError:
+            raise BundleError("engine 'onnx' needs onnxruntime: pip install 'edge-detector[onnx]'") from None
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BundleError("%s: not a loadable ONNX model (%s)" % (model_path, exc)) from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.offset = offset
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(features, dtype=np.float32))
+        label, decision = self.session.run(None, {self.input_name: x})
+        # skl2onnx emits decision_function = score_samples - offset_; flip to higher = anomalous
+        return -(np.asarray(decision, dtype=np.float64).ravel() + self.offset)
+
+
+def engine_available(name: str) -> bool:
+    import importlib.util  # noqa: PLC0415
+    if name == "numpy":
+        return True
+    if name == "tflite":
+        return any(importlib.util.find_spec(m) is not None for m in ("ai_edge_litert", "tflite_runtime"))
+    if name == "onnx":
+        return importlib.util.find_spec("onnxruntime") is not None
+    return False
+
+
+# --------------------------------------------------------------------------------------
+# 5. Bundle: manifest, checksums, weights.
+# --------------------------------------------------------------------------------------
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(path: str) -> dict:
+    """Read and verify a bundle's manifest: schema version and every file's sha256."""
+    if not os.path.isdir(path):
+        raise BundleError("bundle %r: no such directory" % path)
+    manifest_path = os.path.join(path, MANIFEST)
+    try:
+        with open(manifest_path, "rb") as fh:
+            manifest = json.loads(fh.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise BundleError("bundle %r: %s is missing" % (path, MANIFEST)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError("bundle %r: %s is not valid JSON (%s)" % (path, MANIFEST, exc)) from None
+    if not isinstance(manifest, dict):
+        raise BundleError("bundle %r: %s is not a JSON object" % (path, MANIFEST))
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError("bundle %r: field 'schema_version' is %r, this runtime reads %d"
+                          % (path, version, SCHEMA_VERSION))
+    for field in ("sensors", "feature_spec", "window", "scale", "thresholds", "files", "tail"):
+        if field not in manifest:
+            raise BundleError("bundle %r: %s has no field %r" % (path, MANIFEST, field))
+    files = manifest["files"]
+    if not isinstance(files, dict) or WEIGHTS not in files:
+        raise BundleError("bundle %r: field 'files' must list %s with its sha256" % (path, WEIGHTS))
+    for name, expected in sorted(files.items()):
+        if os.path.basename(name) != name:
+            raise BundleError("bundle %r: field 'files' names %r, which is not a plain file name" % (path, name))
+        file_path = os.path.join(path, name)
+        if not os.path.isfile(file_path):
+            raise BundleError("bundle %r: file %s is listed in the manifest but missing" % (path, name))
+        actual = sha256_file(file_path)
+        if actual != expected:
+            raise BundleError("bundle %r: file %s has sha256 %s, the manifest says %s"
+                              % (path, name, actual[:16] + "...", str(expected)[:16] + "..."))
+    return manifest
+
+
+def load_weights(path: str) -> Dict[str, np.ndarray]:
+    """The NumPy engine's named arrays. Never unpickles."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception as exc:  # zipfile, OSError and ValueError all mean: not a valid .npz
+        raise BundleError("%s: not a readable weights file (%s)" % (path, exc)) from None
+
+
+def load_bundle(path: str) -> Tuple[dict, Dict[str, np.ndarray]]:
+    manifest = load_manifest(path)
+    return manifest, load_weights(os.path.join(path, WEIGHTS))
+
+
+def forest_from_weights(raw: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    return {k[len("iforest/"):]: v for k, v in raw.items() if k.startswith("iforest/")}
+
+
+# --------------------------------------------------------------------------------------
+# 6. Detector: the two-stage hybrid, streaming and batch.
+# --------------------------------------------------------------------------------------
+
+class Score(NamedTuple):
+    """One reading's verdict. ``stage2`` is None where stage 2 did not run."""
+    stage1: float
+    stage2: Optional[float]
+    is_anomaly: bool
+    contributions: Optional[Dict[str, float]]   # each sensor's share of the stage-2 error
+    warmup: bool
+
+
+class Detector:
+    """Two-stage anomaly detector over a stream of sensor readings.
+
+    Stage 1 (IsolationForest on rolling features) screens every reading; stage 2 (the LSTM
+    autoencoder) examines the window ending at a reading only when stage 1 scores it above
+    tau1. A reading is anomalous when stage 2 scores it above tau2.
+
+    Build one with ``Detector.load(bundle_dir)``.
+    """
+
+    def __init__(self, manifest: dict, raw_weights: Dict[str, np.ndarray], engine: str = "numpy",
+                 mode: str = "hybrid", bundle_dir: Optional[str] = None, threads: Optional[int] = None):
+        if engine not in ENGINES:
+            raise ValueError("engine %r is not one of %s" % (engine, ", ".join(ENGINES)))
+        if mode not in MODES:
+            raise ValueError("mode %r is not one of %s" % (mode, ", ".join(MODES)))
+        self.manifest = manifest
+        self.mode = mode
+        self.sensors: List[str] = list(manifest["sensors"])
+        self.spec = FeatureSpec.from_dict(manifest["feature_spec"])
+        self.window = int(manifest["window"])
+        self.tail = int(manifest["tail"])
+        self.scale = np.asarray(manifest["scale"], dtype=np.float64)
+        t = manifest["thresholds"]
+        self.tau1, self.tau2, self.tau_iforest = float(t["tau1"]), float(t["tau2"]), float(t["iforest"])
+        self.warmup = max(self.window, self.spec.history)
+
+        stage1_engine = "onnx" if engine == "onnx" or (engine == "auto" and engine_available("onnx")) else "numpy"
+        stage2_engine = "tflite" if engine == "tflite" or (engine == "auto" and engine_available("tflite")) else "numpy"
+        if stage1_engine == "onnx":
+            self.stage1 = OnnxStage1(self._artifact(bundle_dir, ONNX_FILE), float(manifest["iforest_offset"]), threads)
+        else:
+            self.stage1 = NumpyStage1(forest_from_weights(raw_weights))
+        if stage2_engine == "tflite":
+            self.stage2 = TFLiteStage2(self._artifact(bundle_dir, TFLITE_FILE), threads)
+        else:
+            self.stage2 = NumpyStage2(fold_weights(raw_weights))
+        self.engine = engine
+        self._features = FeatureState(self.spec, len(self.sensors))
+        self._buffer = np.zeros((self.window, len(self.sensors)))      # [W, sensors], oldest first
+        self.count = 0
+
+    def _artifact(self, bundle_dir: Optional[str], name: str) -> str:
+        if bundle_dir is None or name not in self.manifest["files"]:
+            raise BundleError("bundle has no %s for this engine" % name)
+        return os.path.join(bundle_dir, name)
+
+    @classmethod
+    def load(cls, path: str, engine: str = "numpy", mode: str = "hybrid", threads: Optional[int] = None) -> "Detector":
+        """Load a bundle directory, verifying its manifest and checksums first."""
+        if engine not in ENGINES:
+            raise ValueError("engine %r is not one of %s" % (engine, ", ".join(ENGINES)))
+        if mode not in MODES:
+            raise ValueError("mode %r is not one of %s" % (mode, ", ".join(MODES)))
+        manifest, raw = load_bundle(path)
+        try:
+            return cls(manifest, raw, engine=engine, mode=mode, bundle_dir=path, threads=threads)
+        except KeyError as exc:
+            raise BundleError("bundle %r: weights or manifest lack %s" % (path, exc)) from None
+
+    @property
+    def engines(self) -> Dict[str, str]:
+        return {"stage1": self.stage1.name, "stage2": self.stage2.name}
+
+    def reset(self) -> None:
+        """Forget the stream: the next reading starts a new warm-up."""
+        self._features.reset()
+        self.count = 0
+
+    def check_reading(self, reading: Sequence[float]) -> np.ndarray:
+        x = np.asarray(reading, dtype=np.float64)
+        if x.shape != (len(self.sensors),):
+            raise InputError("expected %d sensor values (%s), got shape %r"
+                             % (len(self.sensors), ", ".join(self.sensors), x.shape))
+        if not np.all(np.isfinite(x)):
+            raise InputError("sensor values must be finite, got %s" % x.tolist())
+        return x
+
+    def _stage2_windows(self, windows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        x = standardize_windows(windows, self.scale)
+        return reconstruction_error(x, self.stage2(x), self.tail)
+
+    def _verdict(self, s1: float, s2: Optional[float], shares: Optional[np.ndarray], warm: bool) -> Score:
+        if warm:
+            return Score(s1, None, False, None, True)
+        if self.mode == "iforest":
+            return Score(s1, None, bool(s1 > self.tau_iforest), None, False)
+        if s2 is None:
+            return Score(s1, None, False, None, False)
+        contributions = {s: round(float(v), 6) for s, v in zip(self.sensors, shares)}
+        return Score(s1, s2, bool(s2 > self.tau2), contributions, False)
+
+    def _needs_stage2(self, s1: float) -> bool:
+        return self.mode == "lstm" or (self.mode == "hybrid" and s1 > self.tau1)
+
+    def score_one(self, reading: Sequence[float]) -> Score:
+        """Score the next reading of the stream. Never raises during warm-up.
+
+        Raises ``InputError`` for a reading of the wrong length or with NaN/inf, and then
+        leaves the stream's state untouched.
+        """
+        x = self.check_reading(reading)
+        s1 = float(self.stage1(self._features.update(x)[None, :])[0])
+        if self.count < self.window:
+            self._buffer[self.count] = x
+        else:
+            self._buffer[:-1] = self._buffer[1:]
+            self._buffer[-1] = x
+        self.count += 1
+        warm = self.count < self.warmup
+        s2 = shares = None
+        if not warm and self._needs_stage2(s1):
+            score, share = self._stage2_windows(self._buffer[None])
+            s2, shares = float(score[0]), share[0]
+        return self._verdict(s1, s2, shares, warm)
+
+    def score(self, values: np.ndarray, batch_size: int = 256) -> List[Score]:
+        """Batch form of ``score_one`` over a whole series from a fresh state: [time, sensors].
+
+        Gives the same results as a fresh detector fed the rows one by one; it does not
+        touch the streaming state.
+        """
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != len(self.sensors):
+            raise InputError("expected [time, %d] values, got shape %r" % (len(self.sensors), values.shape))
+        if not np.all(np.isfinite(values)):
+            bad = int(np.argwhere(~np.isfinite(values))[0][0])
+            raise InputError("row %d has a value that is not finite" % bad)
+        n = values.shape[0]
+        s1 = self.stage1(batch_features(values, self.spec)) if n else np.zeros(0)
+        warm = np.arange(n) + 1 < self.warmup
+        if self.mode == "lstm":
+            run = ~warm
+        elif self.mode == "hybrid":
+            run = ~warm & (s1 > self.tau1)
+        else:
+            run = np.zeros(n, dtype=bool)
+        s2 = np.full(n, np.nan)
+        shares = np.zeros((n, len(self.sensors)))
+        ends = np.flatnonzero(run)
+        if ends.size:
+            windows = np.lib.stride_tricks.sliding_window_view(values, self.window, axis=0)   # [n-W+1, s, W]
+            for start in range(0, ends.size, batch_size):
+                chunk = ends[start:start + batch_size]
+                batch = np.ascontiguousarray(windows[chunk - self.window + 1].transpose(0, 2, 1))
+                s2[chunk], shares[chunk] = self._stage2_windows(batch)
+        return [self._verdict(float(s1[i]), None if np.isnan(s2[i]) else float(s2[i]), shares[i], bool(warm[i]))
+                for i in range(n)]
+
+
+# --------------------------------------------------------------------------------------
+# 7. Readings in, events out.
+# --------------------------------------------------------------------------------------
+
+TIMESTAMP_NAMES = ("timestamp", "datetime", "time", "date", "ts")
+LABEL_NAMES = ("is_anomaly", "anomaly", "label")
+IGNORED_NAMES = ("anomaly_type", "changepoint")
+
+
+class Layout(NamedTuple):
+    """Where the sensors, the timestamp and the label sit in a CSV row."""
+    delimiter: str
+    header: List[str]
+    sensor_names: List[str]
+    sensor_index: List[int]
+    timestamp_index: Optional[int]
+    label_index: Optional[int]
+
+
+def sniff_delimiter(header_line: str) -> str:
+    """',' or ';', whichever splits the header into more fields."""
+    return ";" if header_line.count(";") > header_line.count(",") else ","
+
+
+def parse_header(header_line: str, sensors: Optional[Sequence[str]] = None,
+                 label_col: Optional[str] = None, timestamp_col: Optional[str] = None) -> Layout:
+    """Find the columns of a CSV header.
+
+    Sensors are the named columns when ``sensors`` is given, else every column that is not
+    the timestamp, the label, or a known annotation column (``anomaly_type``, ``changepoint``).
+
+    >>> layout = parse_header("datetime;Accelerometer1RMS;Volume Flow RateRMS;anomaly")
+    >>> layout.delimiter, layout.sensor_names, layout.timestamp_index, layout.label_index
+    (';', ['Accelerometer1RMS', 'Volume Flow RateRMS'], 0, 3)
+    """
+    line = header_line.lstrip("\ufeff").rstrip("\r\n")
+    delimiter = sniff_delimiter(line)
+    header = [h.strip() for h in next(csv.reader([line], delimiter=delimiter))]
+    lower = [h.lower() for h in header]
+
+    def find(name: Optional[str], defaults: Sequence[str], what: str) -> Optional[int]:
+        if name is not None:
+            if name not in header:
+                raise InputError("%s column %r is not in the header (%s)" % (what, name, ", ".join(header)))
+            return header.index(name)
+        for d in defaults:
+            if d in lower:
+                return lower.index(d)
+        return None
+
+    ts = find(timestamp_col, TIMESTAMP_NAMES, "timestamp")
+    label = find(label_col, LABEL_NAMES, "label")
+    if sensors is not None:
+        missing = [s for s in sensors if s not in header]
+        if missing:
+            raise InputError("sensor column(s) %s not in the header (%s)"
+                             % (", ".join(repr(m) for m in missing), ", ".join(header)))
+        index = [header.index(s) for s in sensors]
+    else:
+        skip = {ts, label} | {i for i, h in enumerate(lower) if h in IGNORED_NAMES}
+        index = [i for i in range(len(header)) if i not in skip]
+    if not index:
+        raise InputError("no sensor columns in the header (%s)" % ", ".join(header))
+    return Layout(delimiter, header, [header[i] for i in index], index, ts, label)
+
+
+class Reading(NamedTuple):
+    line: int                      # 1-based line number in the input, header included
+    timestamp: Optional[str]
+    values: np.ndarray             # [sensors]
+    label: Optional[float]
+
+
+def parse_csv_line(text: str, layout: Layout, line_no: int) -> Reading:
+    """One CSV data line -> Reading, or InputError naming the reason."""
+    if not text.strip():
+        raise InputError("empty line")
+    fields = next(csv.reader([text.rstrip("\r\n")], delimiter=layout.delimiter))
+    if len(fields) != len(layout.header):
+        raise InputError("expected %d fields, got %d" % (len(layout.header), len(fields)))
+    values = np.empty(len(layout.sensor_index))
+    for k, i in enumerate(layout.sensor_index):
+        try:
+            values[k] = float(fields[i])
+        except ValueError:
+            raise InputError("column %r: %r is not a number" % (layout.header[i], fields[i])) from None
+    if not np.all(np.isfinite(values)):
+        raise InputError("NaN or infinite value in %s" % ", ".join(
+            layout.sensor_names[k] for k in np.flatnonzero(~np.isfinite(values))))
+    label = None
+    if layout.label_index is not None:
+        raw = fields[layout.label_index].strip()
+        try:
+            label = float(raw) if raw else None
+        except ValueError:
+            raise InputError("label column %r: %r is not a number" % (layout.header[layout.label_index], raw)) from None
+    ts = fields[layout.timestamp_index].strip() if layout.timestamp_index is not None else None
+    return Reading(line_no, ts, values, label)
+
+
+def iter_csv(lines: Iterable[str], sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,
+             timestamp_col: Optional[str] = None) -> Iterator[Tuple[Optional[Reading], Optional[str], int, Layout]]:
+    """Parse a CSV stream lazily: yields (reading, None, line, layout) or (None, reason, line, layout).
+
+    A bad line never stops the stream: its reason comes back with its line number.
+    """
+    it = iter(lines)
+    header = next(it, None)
+    if header is None:
+        raise InputError("input is empty: no header line")
+    layout = parse_header(header, sensors, label_col, timestamp_col)
+    for line_no, text in enumerate(it, start=2):
+        try:
+            yield parse_csv_line(text, layout, line_no), None, line_no, layout
+        except InputError as exc:
+            yield None, str(exc), line_no, layout
+
+
+def read_csv(path: str, sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,
+             timestamp_col: Optional[str] = None, strict: bool = True) -> Tuple[Layout, List[Reading], List[Tuple[int, str]]]:
+    """Read a whole CSV file: (layout, readings, rejected lines).
+
+    ``strict`` raises ``InputError`` on the first bad line (training wants clean data);
+    otherwise bad lines are collected with their line numbers and reasons.
+    """
+    if not os.path.isfile(path):
+        raise InputError("%s: no such file" % path)
+    with open(path, "r", encoding="utf-8", newline="") as fh:
+        text = fh.read()
+    readings, rejected, layout = [], [], None
+    lines = io.StringIO(text, newline="")   # keeps \r\n and \n alike, both accepted
+    try:
+        for reading, reason, line_no, layout in iter_csv(lines, sensors, label_col, timestamp_col):
+            if reading is None:
+                if strict:
+                    raise InputError("%s line %d: %s" % (path, line_no, reason))
+                rejected.append((line_no, reason))
+            else:
+                readings.append(reading)
+    except InputError as exc:
+        if str(exc).startswith(path):
+            raise
+        raise InputError("%s: %s" % (path, exc)) from None
+    if layout is None:
+        layout = parse_header(text.splitlines()[0], sensors, label_col, timestamp_col)
+    return layout, readings, rejected
+
+
+def event_record(reading: Reading, score: Score, sensors: Sequence[str], top: int = 3) -> dict:
+    """The JSON event for one scored reading."""
+    record = {"line": reading.line, "timestamp": reading.timestamp,
+              "stage1": round(score.stage1, 6),
+              "stage2": None if score.stage2 is None else round(score.stage2, 6),
+              "is_anomaly": score.is_anomaly, "warmup": score.warmup}
+    if score.contributions is not None:
+        ranked = sorted(score.contributions.items(), key=lambda kv: -kv[1])
+        record["top_sensors"] = [name for name, _ in ranked[:top]]
+        record["contributions"] = score.contributions
+    return record
+
+
+def run_stream(detector: Detector, lines: Iterable[str], out, err, alarms_only: bool = False) -> Dict[str, int]:
+    """Score a CSV stream line by line, writing one JSON event per reading to ``out``.
+
+    Rejected lines go to ``err`` as JSON with their line number and reason; the stream goes
+    on. Every output line is flushed as it is written. Returns the counts.
+    """
+    stats = {"read": 0, "scored": 0, "rejected": 0, "alarms": 0}
+    for reading, reason, line_no, layout in iter_csv(lines, sensors=detector.sensors):
+        stats["read"] += 1
+        if reading is None:
+            stats["rejected"] += 1
+            err.write(json.dumps({"line": line_no, "error": reason}) + "\n")
+            err.flush()
+            continue
+        score = detector.score_one(reading.values)
+        stats["scored"] += 1
+        stats["alarms"] += int(score.is_anomaly)
+        if score.is_anomaly or not alarms_only:
+            out.write(json.dumps(event_record(reading, score, detector.sensors)) + "\n")
+            out.flush()
+    return stats
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import argparse  # noqa: PLC0415 (only the script form needs it)
+    parser = argparse.ArgumentParser(prog="runtime.py", description="Score CSV readings from stdin (or a file) "
+                                     "with an edge-detector bundle; JSON events go to stdout, rejected lines to stderr.")
+    parser.add_argument("bundle")
+    parser.add_argument("input", nargs="?", default="-")
+    parser.add_argument("--engine", default="numpy", choices=ENGINES)
+    parser.add_argument("--mode", default="hybrid", choices=MODES)
+    parser.add_argument("--alarms-only", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        detector = Detector.load(args.bundle, engine=args.engine, mode=args.mode)
+        if args.input == "-":
+            stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
+            stats = run_stream(detector, stream, sys.stdout, sys.stderr, args.alarms_only)
+        else:
+            with open(args.input, "r", encoding="utf-8", newline="") as fh:
+                stats = run_stream(detector, fh, sys.stdout, sys.stderr, args.alarms_only)
+    except (BundleError, InputError, OSError) as exc:
+        sys.stderr.write("error: %s\n" % exc)
+        return 1
+    sys.stderr.write(json.dumps({"stats": stats}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

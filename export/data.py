@@ -1,0 +1,134 @@
+"""Sensor data for training: the synthetic generator and the one CSV loader.
+
+The loader is a thin layer over the runtime's own CSV parser (``runtime.read_csv``), so
+training and the device read a file the same way.
+"""
+import csv
+import datetime as dt
+import hashlib
+import os
+from typing import List, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from edge_detector.runtime import InputError, read_csv
+
+ANOMALY_KINDS = ("spike", "drop", "contextual", "collective")
+MINUTES_PER_DAY = 1440
+
+
+class Dataset(NamedTuple):
+    values: np.ndarray                 # [time, sensors] float64
+    sensors: List[str]
+    timestamps: Optional[List[str]]
+    labels: Optional[np.ndarray]       # [time] bool, or None when the file has no label column
+    kinds: Optional[List[str]]         # anomaly_type per reading ('' for normal), when present
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the sensor values (float64, little-endian, row-major) and their names."""
+        digest = hashlib.sha256(",".join(self.sensors).encode())
+        digest.update(np.ascontiguousarray(self.values, dtype="<f8").tobytes())
+        return digest.hexdigest()
+
+
+def generate(n: int = 10_000, seed: int = 42, n_sensors: int = 4) -> Dataset:
+    """The seed project's synthetic IoT data: 4 sensors with trend, daily cycle and noise.
+
+    Anomalies (counts scale with n; 10,000 readings give 40 spikes, 40 drops, 3 contextual
+    and 2 collective windows) never overlap each other and keep 100 readings from both ends.
+
+    >>> d = generate(n=2000, seed=1)
+    >>> d.values.shape, sorted(set(d.kinds) - {''})
+    ((2000, 4), ['collective', 'contextual', 'drop', 'spike'])
+    """
+    if n < 1000:
+        raise ValueError("n must be at least 1000 to fit the anomalies away from the ends, got %d" % n)
+    if n_sensors != 4:
+        raise ValueError("the synthetic layout has exactly 4 sensors, got %d" % n_sensors)
+    rng = np.random.default_rng(seed)
+    t = np.arange(n, dtype=np.float64)
+    base = rng.uniform(30, 70, n_sensors)
+    trend = rng.uniform(-0.002, 0.002, n_sensors)
+    amplitude = rng.uniform(5, 15, n_sensors)
+    noise = rng.uniform(1, 3, n_sensors)
+    values = (base + trend * t[:, None] + amplitude * np.sin(2 * np.pi * t[:, None] / MINUTES_PER_DAY)
+              + rng.normal(0.0, 1.0, (n, n_sensors)) * noise)
+
+    kinds = np.array([""] * n, dtype=object)
+    scale = n / 10_000
+
+    def place(length: int) -> int:
+        # a start whose whole run is free and at least 100 readings from both ends
+        for _ in range(10_000):
+            start = int(rng.integers(100, n - 100 - length + 1))
+            if not kinds[start:start + length].any():
+                return start
+        raise ValueError("could not place an anomaly of length %d in %d readings" % (length, n))
+
+    for _ in range(max(1, round(3 * scale))):            # sensor 3: contextual reflections
+        s = place(50)
+        w = values[s:s + 50, 2]
+        values[s:s + 50, 2] = 2 * w.mean() - w
+        kinds[s:s + 50] = "contextual"
+    for _ in range(max(1, round(2 * scale))):            # sensor 4: collective drifts
+        s = place(100)
+        values[s:s + 100, 3] += np.linspace(0.0, rng.uniform(10, 30), 100)
+        kinds[s:s + 100] = "collective"
+    for _ in range(max(1, round(40 * scale))):           # sensor 1: spikes
+        s = place(1)
+        values[s, 0] *= rng.uniform(2, 4)
+        kinds[s] = "spike"
+    for _ in range(max(1, round(40 * scale))):           # sensor 2: drops
+        s = place(1)
+        values[s, 1] *= rng.uniform(0.2, 0.5)
+        kinds[s] = "drop"
+
+    start = dt.datetime(2024, 1, 1)
+    timestamps = [(start + dt.timedelta(minutes=i)).strftime("%Y-%m-%d %H:%M:%S") for i in range(n)]
+    sensors = ["sensor_%d" % (i + 1) for i in range(n_sensors)]
+    return Dataset(values, sensors, timestamps, kinds != "", list(kinds))
+
+
+def write_csv(data: Dataset, path: str) -> None:
+    """Write a dataset in the layout ``generate`` uses (LF line endings, 6 decimals)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        header = (["timestamp"] if data.timestamps else []) + list(data.sensors)
+        header += (["is_anomaly"] if data.labels is not None else []) + (["anomaly_type"] if data.kinds else [])
+        w.writerow(header)
+        for i in range(data.values.shape[0]):
+            row = [data.timestamps[i]] if data.timestamps else []
+            row += ["%.6f" % v for v in data.values[i]]
+            row += [int(data.labels[i])] if data.labels is not None else []
+            row += [data.kinds[i]] if data.kinds else []
+            w.writerow(row)
+    os.replace(tmp, path)
+
+
+def load_csv(path: str, sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,
+             timestamp_col: Optional[str] = None) -> Dataset:
+    """Load any supported CSV: synthetic, SKAB (';', 'datetime', float labels), NAB, or your own.
+
+    The delimiter (',' or ';') is detected; CRLF and LF both work; the timestamp column is
+    optional; ``sensors`` picks and orders sensor columns by name; ``label_col`` names the
+    label (default: 'is_anomaly', 'anomaly' or 'label' when present).
+    """
+    layout, readings, _ = read_csv(path, sensors=sensors, label_col=label_col, timestamp_col=timestamp_col)
+    if not readings:
+        raise InputError("%s: no data rows" % path)
+    values = np.stack([r.values for r in readings])
+    timestamps = [r.timestamp for r in readings] if layout.timestamp_index is not None else None
+    labels = None
+    if layout.label_index is not None:
+        labels = np.array([bool(r.label) for r in readings])
+    kinds = None
+    if "anomaly_type" in layout.header:
+        col = layout.header.index("anomaly_type")
+        with open(path, "r", encoding="utf-8", newline="") as fh:
+            rows = list(csv.reader(fh, delimiter=layout.delimiter))[1:]
+        kinds = [row[col] if len(row) > col else "" for row in rows if row]
+        if len(kinds) != len(readings):
+            kinds = None
+    return Dataset(values, layout.sensor_names, timestamps, labels, kinds)

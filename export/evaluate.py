@@ -1,0 +1,115 @@
+"""Accuracy of a bundle on labelled data, scored through the edge runtime (never the training models).
+
+Each mode streams the whole series (so the test part has its real history, no warm-up gap)
+and the metrics count only the rows from ``start`` on: the chronological test split.
+"""
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from edge_detector.export.data import ANOMALY_KINDS, Dataset
+from edge_detector.runtime import MODES, Detector, batch_features
+
+MODE_LABELS = {"iforest": "IF-only", "lof": "LOF", "lstm": "LSTM-only", "hybrid": "hybrid"}
+
+
+def continuous_scores(detector: Detector, results) -> np.ndarray:
+    """One ranking score per reading, for ROC-AUC and PR-AUC.
+
+    hybrid: s2/tau2 where stage 2 ran, else s1/tau1 - 1 (<= 0, so below every screened
+    reading, as the decision rule ranks them); lstm: s2 (0 in warm-up); iforest: s1.
+    """
+    if detector.mode == "iforest":
+        return np.array([r.stage1 for r in results])
+    if detector.mode == "lstm":
+        return np.array([0.0 if r.stage2 is None else r.stage2 for r in results])
+    return np.array([r.stage2 / detector.tau2 if r.stage2 is not None else r.stage1 / detector.tau1 - 1.0
+                     for r in results])
+
+
+def events(labels: np.ndarray, kinds: Optional[Sequence[str]]) -> List[tuple]:
+    """Contiguous runs of labelled readings: (start, stop, kind)."""
+    out = []
+    i, n = 0, len(labels)
+    while i < n:
+        if not labels[i]:
+            i += 1
+            continue
+        kind = kinds[i] if kinds is not None else "anomaly"
+        j = i
+        while j < n and labels[j] and (kinds is None or kinds[j] == kind):
+            j += 1
+        out.append((i, j, kind or "anomaly"))
+        i = j
+    return out
+
+
+def point_metrics(labels: np.ndarray, alarms: np.ndarray, scores: np.ndarray,
+                  kinds: Optional[Sequence[str]] = None) -> dict:
+    from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: PLC0415
+    labels = labels.astype(bool)
+    tp = int(np.sum(alarms & labels))
+    fp = int(np.sum(alarms & ~labels))
+    fn = int(np.sum(~alarms & labels))
+    tn = int(np.sum(~alarms & ~labels))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    both = labels.any() and not labels.all()
+    out = {
+        "precision": precision, "recall": recall, "f1": f1,
+        "roc_auc": float(roc_auc_score(labels, scores)) if both else None,
+        "pr_auc": float(average_precision_score(labels, scores)) if both else None,
+        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "false_alarms_per_1000": 1000.0 * fp / max(fp + tn, 1),
+        "alarms": int(alarms.sum()),
+    }
+    per_kind: Dict[str, list] = {}
+    for start, stop, kind in events(labels, kinds):
+        per_kind.setdefault(kind, []).append(bool(alarms[start:stop].any()))
+    out["event_recall"] = {k: float(np.mean(v)) for k, v in sorted(per_kind.items())}
+    out["events"] = {k: len(v) for k, v in sorted(per_kind.items())}
+    return out
+
+
+def evaluate(bundle: str, data: Dataset, start: int = 0, engine: str = "numpy", model_dir: Optional[str] = None,
+             modes: Sequence[str] = MODES) -> Dict[str, dict]:
+    """Metrics per mode on rows [start:], plus LOF when a model folder is given."""
+    if data.labels is None:
+        raise ValueError("evaluation needs labels: the data has no label column (pass --label-col)")
+    labels = data.labels[start:]
+    kinds = data.kinds[start:] if data.kinds else None
+    report: Dict[str, dict] = {}
+    for mode in modes:
+        detector = Detector.load(bundle, engine=engine, mode=mode)
+        results = detector.score(data.values)[start:]
+        alarms = np.array([r.is_anomaly for r in results])
+        m = point_metrics(labels, alarms, continuous_scores(detector, results), kinds)
+        m["stage2_share"] = float(np.mean([r.stage2 is not None for r in results]))
+        report[mode] = m
+    if model_dir is not None:
+        from edge_detector.export.train import TrainedModels  # noqa: PLC0415
+        models = TrainedModels(model_dir)
+        lof = models.lof_score(batch_features(data.values, models.spec))[start:]
+        m = point_metrics(labels, lof > models.meta["thresholds"]["lof"], lof, kinds)
+        m["stage2_share"] = 0.0
+        report["lof"] = m
+    return report
+
+
+def comparison_table(report: Dict[str, dict], kinds: Sequence[str] = ANOMALY_KINDS) -> str:
+    """A fixed-width table of the report, one row per mode."""
+    present = [k for k in kinds if any(k in m["event_recall"] for m in report.values())]
+    head = "%-10s %6s %6s %6s %7s %6s %8s %7s" % ("mode", "prec", "recall", "F1", "ROC-AUC", "PR-AUC", "FA/1000", "stage2")
+    head += "".join(" %10s" % ("ev:" + k[:7]) for k in present)
+    lines = [head, "-" * len(head)]
+    order = [m for m in ("iforest", "lof", "lstm", "hybrid") if m in report]
+    for mode in order:
+        m = report[mode]
+        fmt = lambda v: "   n/a" if v is None else "%6.3f" % v  # noqa: E731
+        row = "%-10s %6.3f %6.3f %6.3f %7s %6s %8.1f %6.1f%%" % (
+            MODE_LABELS.get(mode, mode), m["precision"], m["recall"], m["f1"], fmt(m["roc_auc"]),
+            fmt(m["pr_auc"]), m["false_alarms_per_1000"], 100 * m["stage2_share"])
+        row += "".join(" %10s" % ("%.2f" % m["event_recall"][k] if k in m["event_recall"] else "-") for k in present)
+        lines.append(row)
+    return "\n".join(lines)

@@ -1,0 +1,305 @@
+"""Training and calibration: IsolationForest (stage 1), LSTM autoencoder (stage 2), LOF (reference).
+
+Everything the device computes, training computes with the device's own code: features
+come from ``runtime.batch_features``, windows from ``runtime.standardize_windows``, and the
+stage-2 score from ``runtime.reconstruction_error``.
+
+Split (chronological, no shuffling across time):
+
+    |<------------------- train 80% ------------------->|<---- test 20% ---->|
+    |<------ fit (85% of train) ------>|<- calibrate ->|
+
+Models fit on the normal readings of the fit part; early stopping and all thresholds use the
+normal readings of the calibration part only. Test labels are never looked at.
+"""
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from edge_detector import __version__
+from edge_detector.export.data import Dataset
+from edge_detector.runtime import FeatureSpec, batch_features, iforest_score, reconstruction_error, standardize_windows
+
+KERAS_FILE = "lstm_ae.keras"
+IFOREST_FILE = "iforest.joblib"
+LOF_FILE = "lof.joblib"
+MODEL_JSON = "model.json"
+METRICS_JSON = "metrics.json"
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42
+    window: int = 50                 # W: readings per stage-2 window
+    tail: int = 1                    # newest steps of a window that make its stage-2 score
+    lstm_units: Tuple[int, int] = (64, 32)
+    bottleneck: int = 16
+    dropout: float = 0.1
+    epochs: int = 30
+    batch_size: int = 64
+    patience: int = 3
+    stride: int = 2                  # step between training windows (1 in 2 suffices: neighbours overlap by W-1)
+    train_fraction: float = 0.8
+    calibration_fraction: float = 0.15
+    n_estimators: int = 100
+    max_samples: int = 256
+    screen_share: float = 0.10       # share of normal readings stage 1 passes to stage 2
+    tau2_quantile: float = 0.995     # of normal-window stage-2 scores
+    iforest_quantile: float = 0.995  # iforest-only mode's own threshold
+    lof_quantile: float = 0.995
+    lof_neighbors: int = 20
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["features"] = self.features.to_dict()
+        d["lstm_units"] = list(self.lstm_units)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["features"] = FeatureSpec.from_dict(d["features"])
+        d["lstm_units"] = tuple(d["lstm_units"])
+        return cls(**d)
+
+
+def _log(msg: str, progress: Optional[Callable[[str], None]]) -> None:
+    if progress is not None:
+        progress(msg)
+
+
+def import_tf_keras():
+    """tf_keras (Keras 2) with TensorFlow: its LSTMs convert to the fused TFLite op."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf  # noqa: PLC0415
+    import tf_keras  # noqa: PLC0415
+    return tf, tf_keras
+
+
+def build_autoencoder(tf_keras, window: int, n_sensors: int, config: TrainConfig, batch_size: Optional[int] = None):
+    """Encoder LSTM(64) -> LSTM(32) -> Dense(16); decoder RepeatVector(W) -> LSTM(32) ->
+    LSTM(64) -> TimeDistributed(Dense(sensors)). Dropout acts in training only.
+
+    Layer names are the keys of the NumPy engine's weights, so keep them stable.
+    """
+    L = tf_keras.layers
+    u1, u2 = config.lstm_units
+    inputs = L.Input(shape=(window, n_sensors), batch_size=batch_size, name="window")
+    x = L.LSTM(u1, return_sequences=True, name="enc1")(inputs)
+    x = L.Dropout(config.dropout, name="drop1")(x)
+    x = L.LSTM(u2, name="enc2")(x)
+    code = L.Dense(config.bottleneck, activation="relu", name="bottleneck")(x)
+    x = L.RepeatVector(window, name="repeat")(code)
+    x = L.LSTM(u2, return_sequences=True, name="dec1")(x)
+    x = L.Dropout(config.dropout, name="drop2")(x)
+    x = L.LSTM(u1, return_sequences=True, name="dec2")(x)
+    outputs = L.TimeDistributed(L.Dense(n_sensors), name="output")(x)
+    return tf_keras.Model(inputs, outputs, name="lstm_ae")
+
+
+def split_points(n: int, config: TrainConfig) -> Tuple[int, int]:
+    """(end of the fit part, end of the train split) as row indices."""
+    train_end = int(round(n * config.train_fraction))
+    fit_end = int(round(train_end * (1 - config.calibration_fraction)))
+    if fit_end < 2 * config.window or train_end - fit_end < config.window:
+        raise ValueError("%d rows are too few for window %d: need at least %d"
+                         % (n, config.window, int(4 * config.window / config.train_fraction)))
+    return fit_end, train_end
+
+
+def window_ends(normal: np.ndarray, start: int, stop: int, window: int, stride: int = 1) -> np.ndarray:
+    """End rows e in [start, stop) whose window [e-W+1, e] holds only normal readings."""
+    bad = np.concatenate([[0], np.cumsum(~normal)])
+    ends = np.arange(max(start, window - 1), stop, stride)
+    return ends[(bad[ends + 1] - bad[ends + 1 - window]) == 0]
+
+
+def windows_at(values: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
+    # [time, sensors] -> [len(ends), window, sensors]
+    view = np.lib.stride_tricks.sliding_window_view(values, window, axis=0)     # [n-W+1, s, W]
+    return np.ascontiguousarray(view[ends - window + 1].transpose(0, 2, 1))
+
+
+def window_scale(values: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
+    """Per-sensor std of mean-centred normal windows: the stage-2 scaler."""
+    w = windows_at(values, ends, window)
+    centred = w - w.mean(axis=1, keepdims=True)
+    scale = centred.reshape(-1, values.shape[1]).std(axis=0)
+    return np.where(scale > 1e-12, scale, 1.0)
+
+
+def configure_device(tf, progress) -> str:
+    """Train on a GPU when TensorFlow sees one, on the CPU otherwise; say which."""
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except (ValueError, RuntimeError):
+            pass
+    device = "GPU (%s)" % ", ".join(g.name for g in gpus) if gpus else "CPU"
+    _log("training device: %s" % device, progress)
+    return device
+
+
+def train(data: Dataset, out_dir: str, config: TrainConfig = TrainConfig(),
+          progress: Optional[Callable[[str], None]] = print, source: Optional[str] = None) -> dict:
+    """Fit all models on ``data`` and write them with their calibration to ``out_dir``.
+
+    ``source`` is the CSV path the data came from; export finds it there for its parity checks.
+
+    Returns the metadata written to ``model.json``.
+    """
+    values = np.asarray(data.values, dtype=np.float64)
+    n, n_sensors = values.shape
+    fit_end, train_end = split_points(n, config)
+    normal = ~data.labels if data.labels is not None else np.ones(n, dtype=bool)
+    spec = config.features
+    t0 = time.time()
+
+    # Stage 1 and LOF: rolling features of the normal fit rows (past the feature warm-up).
+    # A row is normal for stage 1 only when its whole feature history is: the rows just
+    # after a spike carry it in their rolling max/std and would teach the forest that
+    # spikes are normal.
+    feats = batch_features(values[:train_end], spec)
+    fit_rows = window_ends(normal, 0, fit_end, spec.history)
+    cal_rows = window_ends(normal, fit_end, train_end, spec.history)
+    _log("features: %d columns; fit rows %d, calibration rows %d" % (feats.shape[1], fit_rows.size, cal_rows.size),
+         progress)
+
+    from sklearn.ensemble import IsolationForest  # noqa: PLC0415
+    from sklearn.neighbors import LocalOutlierFactor  # noqa: PLC0415
+    from sklearn.pipeline import make_pipeline  # noqa: PLC0415
+    from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
+    import joblib  # noqa: PLC0415
+
+    forest = IsolationForest(n_estimators=config.n_estimators, max_samples=min(config.max_samples, fit_rows.size),
+                             random_state=config.seed).fit(feats[fit_rows])
+    s1_cal = -forest.score_samples(feats[cal_rows])
+    tau1 = float(np.quantile(s1_cal, 1 - config.screen_share))
+    tau_iforest = float(np.quantile(s1_cal, config.iforest_quantile))
+    _log("stage 1: IsolationForest(%d trees) fitted; tau1=%.4f (passes %.0f%% of normal), iforest-only tau=%.4f"
+         % (config.n_estimators, tau1, 100 * config.screen_share, tau_iforest), progress)
+
+    lof = make_pipeline(StandardScaler(), LocalOutlierFactor(n_neighbors=config.lof_neighbors, novelty=True))
+    lof.fit(feats[fit_rows])
+    tau_lof = float(np.quantile(-lof.score_samples(feats[cal_rows]), config.lof_quantile))
+
+    # Stage 2: the LSTM autoencoder on mean-centred, scaled windows of normal readings.
+    tf, tf_keras = import_tf_keras()
+    device = configure_device(tf, progress)
+    tf_keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    W = config.window
+    fit_ends = window_ends(normal, 0, fit_end, W, config.stride)
+    cal_ends = window_ends(normal, fit_end, train_end, W, 1)
+    scale = window_scale(values, fit_ends, W)
+    x_fit = standardize_windows(windows_at(values, fit_ends, W), scale)
+    x_cal = standardize_windows(windows_at(values, cal_ends, W), scale)
+    model = build_autoencoder(tf_keras, W, n_sensors, config)
+    model.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss="mse")
+    _log("stage 2: LSTM AE on %d fit windows, %d calibration windows (W=%d)" % (len(x_fit), len(x_cal), W), progress)
+    stop = tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
+    history = model.fit(x_fit, x_fit, validation_data=(x_cal, x_cal), epochs=config.epochs,
+                        batch_size=config.batch_size, shuffle=True, callbacks=[stop],
+                        verbose=2 if progress is not None else 0)
+    recon = model.predict(x_cal, batch_size=256, verbose=0)
+    s2_cal, _ = reconstruction_error(x_cal, recon, config.tail)
+    tau2 = float(np.quantile(s2_cal, config.tau2_quantile))
+    _log("stage 2: tau2=%.4f (q%.3f of %d normal windows)" % (tau2, config.tau2_quantile, len(s2_cal)), progress)
+
+    meta = {
+        "package_version": __version__,
+        "sensors": list(data.sensors),
+        "config": config.to_dict(),
+        "feature_spec": spec.to_dict(),
+        "window": W,
+        "tail": config.tail,
+        "scale": scale.tolist(),
+        "thresholds": {"tau1": tau1, "tau2": tau2, "iforest": tau_iforest, "lof": tau_lof},
+        "iforest_offset": float(forest.offset_),
+        "split": {"rows": n, "fit_end": fit_end, "train_end": train_end},
+        "training_data": {"sha256": data.sha256, "rows": n, "train_rows": train_end,
+                          "path": os.path.abspath(source) if source else None},
+        "device": device,
+        "epochs_run": len(history.history["loss"]),
+        "train_seconds": round(time.time() - t0, 1),
+    }
+    metrics = {
+        "loss": [float(v) for v in history.history["loss"]],
+        "val_loss": [float(v) for v in history.history["val_loss"]],
+        "calibration": {
+            "stage1_share_above_tau1": float(np.mean(s1_cal > tau1)),
+            "stage2_share_above_tau2": float(np.mean(s2_cal > tau2)),
+            "iforest_share_above_tau": float(np.mean(s1_cal > tau_iforest)),
+        },
+    }
+    # Write everything into a temporary folder, then rename: an interrupted run leaves no half model.
+    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".model-", dir=parent)
+    try:
+        model.save(os.path.join(tmp, KERAS_FILE))
+        joblib.dump(forest, os.path.join(tmp, IFOREST_FILE))
+        joblib.dump(lof, os.path.join(tmp, LOF_FILE))
+        with open(os.path.join(tmp, MODEL_JSON), "w") as fh:
+            json.dump(meta, fh, indent=2)
+        with open(os.path.join(tmp, METRICS_JSON), "w") as fh:
+            json.dump(metrics, fh, indent=2)
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _log("saved %s in %.1fs" % (out_dir, time.time() - t0), progress)
+    return meta
+
+
+class TrainedModels:
+    """The full-precision models of a model folder, for export, evaluation and benchmarks."""
+
+    def __init__(self, model_dir: str):
+        import joblib  # noqa: PLC0415
+        path = os.path.join(model_dir, MODEL_JSON)
+        if not os.path.isfile(path):
+            raise FileNotFoundError("%s is not a model folder: %s is missing" % (model_dir, MODEL_JSON))
+        with open(path) as fh:
+            self.meta = json.load(fh)
+        self.dir = model_dir
+        self.forest = joblib.load(os.path.join(model_dir, IFOREST_FILE))
+        self.lof = joblib.load(os.path.join(model_dir, LOF_FILE))
+        self._keras = None
+        self.spec = FeatureSpec.from_dict(self.meta["feature_spec"])
+        self.scale = np.asarray(self.meta["scale"])
+
+    @property
+    def keras(self):
+        if self._keras is None:
+            _, tf_keras = import_tf_keras()
+            self._keras = tf_keras.models.load_model(os.path.join(self.dir, KERAS_FILE), compile=False)
+        return self._keras
+
+    def stage1(self, features: np.ndarray) -> np.ndarray:
+        return -self.forest.score_samples(features)
+
+    def lof_score(self, features: np.ndarray) -> np.ndarray:
+        return -self.lof.score_samples(features)
+
+    def stage2(self, windows: np.ndarray) -> np.ndarray:
+        """Stage-2 scores of raw windows [b, W, sensors] through Keras."""
+        x = standardize_windows(windows, self.scale)
+        recon = self.keras.predict(x, batch_size=256, verbose=0)
+        return reconstruction_error(x, recon, int(self.meta["tail"]))[0]
+
+
+def check_forest_packing(forest, packed: Dict[str, np.ndarray], features: np.ndarray) -> float:
+    """Largest absolute difference between sklearn and the packed forest on ``features``."""
+    return float(np.max(np.abs(-forest.score_samples(features) - iforest_score(packed, features))))

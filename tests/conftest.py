@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny model trained once per test session, and paths to the shared data."""
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("EDGE_DETECTOR_SHARED", REPO.parent / "shared")) / "data"
+SKAB = SHARED / "skab"
+NAB = SHARED / "nab"
+
+
+def skab_file(name="valve1/0.csv"):
+    path = SKAB / name
+    if not path.is_file():
+        pytest.skip("SKAB data not found at %s (set EDGE_DETECTOR_SHARED)" % path)
+    return path
+
+
+def tiny_config(**overrides):
+    from edge_detector.export.train import TrainConfig
+    params = dict(seed=7, window=20, lstm_units=(8, 4), bottleneck=4, epochs=2, patience=1, batch_size=64,
+                  n_estimators=50, stride=3)
+    params.update(overrides)
+    return TrainConfig(**params)
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """A small synthetic data set written to CSV: (dataset, csv path)."""
+    from edge_detector.export.data import generate, write_csv
+    data = generate(n=3000, seed=3)
+    path = tmp_path_factory.mktemp("data") / "data.csv"
+    write_csv(data, str(path))
+    return data, path
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, synthetic):
+    """(model dir, bundle dir) of a tiny model trained and exported in this session."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("sklearn")
+    from edge_detector.export.convert import export_bundle
+    from edge_detector.export.data import load_csv
+    from edge_detector.export.train import train
+    _, path = synthetic
+    root = tmp_path_factory.mktemp("model")
+    data = load_csv(str(path))
+    train(data, str(root / "model"), tiny_config(), progress=None, source=str(path))
+    export_bundle(str(root / "model"), data, str(root / "bundle"), progress=None)
+    return root / "model", root / "bundle"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

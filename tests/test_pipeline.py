@@ -1,0 +1,173 @@
+"""End to end on a tiny model: train -> export -> every engine, streaming and batch, against the originals."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edge_detector.runtime import BundleError, Detector, InputError, batch_features, standardize_windows
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def originals(trained, synthetic):
+    from edge_detector.export.train import TrainedModels
+    model_dir, _ = trained
+    return TrainedModels(str(model_dir))
+
+
+def windows_ending(values, ends, w):
+    from edge_detector.export.train import windows_at
+    return windows_at(values, np.asarray(ends), w)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "tflite"])
+def test_stage2_parity_streaming_and_batch_over_1000_windows(trained, synthetic, originals, engine):
+    _, bundle = trained
+    data, _ = synthetic
+    det = Detector.load(str(bundle), engine=engine, mode="lstm")
+    assert det.engines["stage2"] == engine
+    streamed = [det.score_one(row) for row in data.values]           # one engine instance, in order
+    batch = det.score(data.values)
+    ends = np.array([i for i, r in enumerate(streamed) if r.stage2 is not None])
+    assert len(ends) >= 1000 and np.all(np.diff(ends) == 1)
+    reference = originals.stage2(windows_ending(data.values, ends, det.window))
+    s_stream = np.array([streamed[i].stage2 for i in ends])
+    s_batch = np.array([batch[i].stage2 for i in ends])
+    np.testing.assert_allclose(s_stream, reference, rtol=1e-4)
+    np.testing.assert_allclose(s_batch, reference, rtol=1e-4)
+    assert [r.is_anomaly for r in streamed] == [r.is_anomaly for r in batch]
+
+
+@pytest.mark.parametrize("engine", ["numpy", "onnx"])
+def test_stage1_parity_streaming_and_batch(trained, synthetic, originals, engine):
+    _, bundle = trained
+    data, _ = synthetic
+    det = Detector.load(str(bundle), engine=engine, mode="iforest")
+    assert det.engines["stage1"] == engine
+    reference = originals.stage1(batch_features(data.values, originals.spec))
+    streamed = np.array([det.score_one(row).stage1 for row in data.values])
+    batch = np.array([r.stage1 for r in det.score(data.values)])
+    assert len(reference) >= 1000
+    np.testing.assert_allclose(streamed, reference, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(batch, reference, rtol=0, atol=1e-5)
+
+
+def test_hybrid_runs_stage2_only_where_stage1_flags(trained, synthetic):
+    _, bundle = trained
+    data, _ = synthetic
+    det = Detector.load(str(bundle), mode="hybrid")
+    results = det.score(data.values)
+    ran = np.array([r.stage2 is not None for r in results])
+    s1 = np.array([r.stage1 for r in results])
+    warm = np.array([r.warmup for r in results])
+    np.testing.assert_array_equal(ran, (s1 > det.tau1) & ~warm)
+    assert 0 < ran.mean() < 0.5
+    alarms = np.array([r.is_anomaly for r in results])
+    assert not (alarms & ~ran).any()
+    for r in results:
+        if r.stage2 is not None:
+            assert r.is_anomaly == (r.stage2 > det.tau2)
+            assert abs(sum(r.contributions.values()) - 1.0) < 1e-4
+
+
+def test_warmup_is_normal_and_never_raises(trained, synthetic):
+    _, bundle = trained
+    data, _ = synthetic
+    det = Detector.load(str(bundle), mode="lstm")
+    first = [det.score_one(row) for row in data.values[:det.warmup]]
+    assert all(r.warmup and not r.is_anomaly and r.stage2 is None for r in first[:-1])
+    assert not first[-1].warmup and first[-1].stage2 is not None
+    det.reset()
+    assert det.score_one(data.values[0]).warmup
+
+
+def test_score_one_rejects_bad_readings_without_touching_state(trained, synthetic):
+    _, bundle = trained
+    data, _ = synthetic
+    a, b = Detector.load(str(bundle)), Detector.load(str(bundle))
+    for row in data.values[:100]:
+        a.score_one(row)
+        b.score_one(row)
+        with pytest.raises(InputError, match="finite"):
+            b.score_one([np.nan] * len(row))
+        with pytest.raises(InputError, match="expected 4 sensor values"):
+            b.score_one(row[:2])
+    assert a.score_one(data.values[100]) == b.score_one(data.values[100])
+
+
+def test_unknown_engine_and_mode_are_refused(trained):
+    _, bundle = trained
+    with pytest.raises(ValueError, match="engine 'gpu' is not one of numpy, tflite, onnx, auto"):
+        Detector.load(str(bundle), engine="gpu")
+    with pytest.raises(ValueError, match="mode 'both'"):
+        Detector.load(str(bundle), mode="both")
+
+
+@pytest.mark.parametrize("victim", ["weights.npz", "lstm_ae.tflite", "iforest.onnx"])
+def test_a_changed_file_is_refused_by_name(trained, tmp_path, victim):
+    _, bundle = trained
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    blob = bytearray((copy / victim).read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (copy / victim).write_bytes(bytes(blob))
+    with pytest.raises(BundleError, match="file %s has sha256" % victim.replace(".", r"\.")):
+        Detector.load(str(copy))
+
+
+def test_manifest_problems_are_refused_by_field(trained, tmp_path):
+    _, bundle = trained
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="'schema_version' is 99"):
+        Detector.load(str(copy))
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="manifest.json is not valid JSON"):
+        Detector.load(str(copy))
+    with pytest.raises(BundleError, match="no such directory"):
+        Detector.load(str(tmp_path / "nowhere"))
+
+
+def test_manifest_records_what_the_device_needs(trained):
+    _, bundle = trained
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["sensors"] == ["sensor_1", "sensor_2", "sensor_3", "sensor_4"]
+    assert {"tau1", "tau2", "iforest"} <= set(m["thresholds"])
+    assert m["window"] == 20 and m["training_data"]["rows"] == 3000
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in m["tflite"]["ops"]
+    assert set(m["files"]) == {"weights.npz", "lstm_ae.tflite", "iforest.onnx"}
+    assert m["parity"]["stage2_windows"] >= 1000
+
+
+def test_export_refuses_a_bundle_that_misses_parity(trained, synthetic, tmp_path, monkeypatch):
+    from edge_detector.export import convert
+    from edge_detector.export.data import load_csv
+    model_dir, _ = trained
+    _, path = synthetic
+    monkeypatch.setattr(convert, "STAGE2_RTOL", 0.0)
+    with pytest.raises(convert.ParityError, match="stage 2"):
+        convert.export_bundle(str(model_dir), load_csv(str(path)), str(tmp_path / "b"), progress=None)
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".bundle-*"))
+
+
+def test_training_is_deterministic(synthetic, trained, tmp_path):
+    from edge_detector.export.data import load_csv
+    from edge_detector.export.train import train
+    model_dir, _ = trained
+    _, path = synthetic
+    meta = train(load_csv(str(path)), str(tmp_path / "again"), tiny_config(), progress=None)
+    first = json.loads((model_dir / "model.json").read_text())
+    assert meta["thresholds"] == first["thresholds"] and meta["scale"] == first["scale"]
+
+
+def test_stage2_input_is_level_free(synthetic):
+    data, _ = synthetic
+    w = windows_ending(data.values, [100, 200], 20)
+    np.testing.assert_allclose(standardize_windows(w + 500.0, np.ones(4)), standardize_windows(w, np.ones(4)),
+                               atol=1e-4)
