@@ -721,22 +721,27 @@ def parse_csv_line(text: str, layout: Layout, line_no: int) -> Reading:
     return Reading(line_no, ts, values, label)
 
 
-def iter_csv(lines: Iterable[str], sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,
-             timestamp_col: Optional[str] = None) -> Iterator[Tuple[Optional[Reading], Optional[str], int, Layout]]:
-    """Parse a CSV stream lazily: yields (reading, None, line, layout) or (None, reason, line, layout).
+def open_csv(lines: Iterable[str], sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,
+             timestamp_col: Optional[str] = None) -> Tuple[Layout, Iterator[Tuple[int, Optional[Reading], Optional[str]]]]:
+    """Read the header of a CSV stream; return its layout and a lazy iterator over the rest.
 
-    A bad line never stops the stream: its reason comes back with its line number.
+    The iterator yields (line number, reading, None) or (line number, None, reason): a bad
+    line never stops the stream.
     """
     it = iter(lines)
     header = next(it, None)
     if header is None:
         raise InputError("input is empty: no header line")
     layout = parse_header(header, sensors, label_col, timestamp_col)
-    for line_no, text in enumerate(it, start=2):
-        try:
-            yield parse_csv_line(text, layout, line_no), None, line_no, layout
-        except InputError as exc:
-            yield None, str(exc), line_no, layout
+
+    def rows() -> Iterator[Tuple[int, Optional[Reading], Optional[str]]]:
+        for line_no, text in enumerate(it, start=2):
+            try:
+                yield line_no, parse_csv_line(text, layout, line_no), None
+            except InputError as exc:
+                yield line_no, None, str(exc)
+
+    return layout, rows()
 
 
 def read_csv(path: str, sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,
@@ -748,24 +753,20 @@ def read_csv(path: str, sensors: Optional[Sequence[str]] = None, label_col: Opti
     """
     if not os.path.isfile(path):
         raise InputError("%s: no such file" % path)
+    readings, rejected = [], []
+    # newline="" keeps each line's own ending, so CRLF and LF files read alike
     with open(path, "r", encoding="utf-8", newline="") as fh:
-        text = fh.read()
-    readings, rejected, layout = [], [], None
-    lines = io.StringIO(text, newline="")   # keeps \r\n and \n alike, both accepted
-    try:
-        for reading, reason, line_no, layout in iter_csv(lines, sensors, label_col, timestamp_col):
-            if reading is None:
-                if strict:
-                    raise InputError("%s line %d: %s" % (path, line_no, reason))
-                rejected.append((line_no, reason))
-            else:
+        try:
+            layout, rows = open_csv(fh, sensors, label_col, timestamp_col)
+        except InputError as exc:
+            raise InputError("%s: %s" % (path, exc)) from None
+        for line_no, reading, reason in rows:
+            if reading is not None:
                 readings.append(reading)
-    except InputError as exc:
-        if str(exc).startswith(path):
-            raise
-        raise InputError("%s: %s" % (path, exc)) from None
-    if layout is None:
-        layout = parse_header(text.splitlines()[0], sensors, label_col, timestamp_col)
+            elif strict:
+                raise InputError("%s line %d: %s" % (path, line_no, reason))
+            else:
+                rejected.append((line_no, reason))
     return layout, readings, rejected
 
 
@@ -789,7 +790,8 @@ def run_stream(detector: Detector, lines: Iterable[str], out, err, alarms_only: 
     on. Every output line is flushed as it is written. Returns the counts.
     """
     stats = {"read": 0, "scored": 0, "rejected": 0, "alarms": 0}
-    for reading, reason, line_no, layout in iter_csv(lines, sensors=detector.sensors):
+    _, rows = open_csv(lines, sensors=detector.sensors)
+    for line_no, reading, reason in rows:
         stats["read"] += 1
         if reading is None:
             stats["rejected"] += 1

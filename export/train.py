@@ -149,7 +149,7 @@ def configure_device(tf, progress) -> str:
     return device
 
 
-def train(data: Dataset, out_dir: str, config: TrainConfig = TrainConfig(),
+def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None,
           progress: Optional[Callable[[str], None]] = print, source: Optional[str] = None) -> dict:
     """Fit all models on ``data`` and write them with their calibration to ``out_dir``.
 
@@ -157,6 +157,7 @@ def train(data: Dataset, out_dir: str, config: TrainConfig = TrainConfig(),
 
     Returns the metadata written to ``model.json``.
     """
+    config = config or TrainConfig()
     values = np.asarray(data.values, dtype=np.float64)
     n, n_sensors = values.shape
     fit_end, train_end = split_points(n, config)
