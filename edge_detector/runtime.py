@@ -194,69 +194,114 @@ def iforest_score(forest: Dict[str, np.ndarray], features: np.ndarray) -> np.nda
 # --------------------------------------------------------------------------------------
 # 3. Stage 2: LSTM autoencoder forward pass.
 # --------------------------------------------------------------------------------------
-# Keras weights are folded once at load time: the four gates share one matrix product,
-# and the sigmoid gates are scaled by 1/2 so a single tanh serves all four gates,
-# using sigmoid(z) = 0.5 * tanh(z / 2) + 0.5.
+# Keras weights are folded once at load time, so the per-step loop is as short as NumPy
+# allows (at batch 1 the number of Python-level steps, not arithmetic, sets the latency):
+# - the four gates share one matrix product;
+# - sigmoid gates are pre-scaled by 1/2 so one tanh serves all four gates, using
+#   sigmoid(z) = 0.5 * tanh(z / 2) + 0.5;
+# - the two stacked LSTMs of the encoder (and of the decoder) run as one wavefront: at
+#   step t the lower layer reads input t while the upper layer reads the lower layer's
+#   output from step t-1, so one block matrix serves both and W+1 steps replace 2W;
+# - the gates of both layers are interleaved as [i1 i2 | f1 f2 | o1 o2 | g1 g2], so every
+#   elementwise operation covers both layers at once;
+# - inputs of all steps are projected in one matrix product before the loop, and the
+#   decoder's repeated input only once.
 
 LSTM_LAYERS = ("enc1", "enc2", "dec1", "dec2")
 
 
-def fold_lstm(kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray) -> Dict[str, np.ndarray]:
-    """Keras LSTM weights (gate order i, f, c, o) -> one-tanh form, float32."""
-    units = recurrent.shape[0]
-    scale = np.full(4 * units, 0.5, dtype=np.float32)
-    scale[2 * units:3 * units] = 1.0                      # the cell candidate keeps its tanh
-    return {"W": (kernel * scale).astype(np.float32), "U": (recurrent * scale).astype(np.float32),
-            "b": (bias * scale).astype(np.float32), "units": units}
+def _gate_columns(units: int, offset: int, total: int) -> np.ndarray:
+    # Keras gate order (i, f, c, o) -> column positions in the interleaved layout
+    # [i1 i2 | f1 f2 | o1 o2 | g1 g2] of a pair of layers with ``total`` units together.
+    r = np.arange(units)
+    return np.concatenate([offset + r, total + offset + r, 3 * total + offset + r, 2 * total + offset + r])
+
+
+def fold_lstm_pair(lower: Tuple[np.ndarray, ...], upper: Tuple[np.ndarray, ...]) -> Dict[str, object]:
+    """Two stacked Keras LSTMs (kernel, recurrent_kernel, bias each) -> one wavefront cell.
+
+    Returns float32 arrays: ``W_in`` [inputs, 4U] projects the lower layer's input into the
+    combined gates, ``U`` [U, 4U] is the block recurrent matrix [[U1, K2], [0, U2]], ``b``
+    [4U] holds both biases; U = u1 + u2. Sigmoid columns are pre-scaled by 1/2.
+    """
+    (k1, r1, b1), (k2, r2, b2) = lower, upper
+    u1, u2 = r1.shape[0], r2.shape[0]
+    total = u1 + u2
+    cols1, cols2 = _gate_columns(u1, 0, total), _gate_columns(u2, u1, total)
+    w_in = np.zeros((k1.shape[0], 4 * total))
+    rec = np.zeros((total, 4 * total))
+    bias = np.zeros(4 * total)
+    w_in[:, cols1] = k1
+    rec[:u1, cols1] = r1          # lower layer's own recurrence
+    rec[:u1, cols2] = k2          # lower layer's output (step t-1) is the upper layer's input
+    rec[u1:, cols2] = r2          # upper layer's own recurrence
+    bias[cols1], bias[cols2] = b1, b2
+    scale = np.full(4 * total, 0.5)
+    scale[3 * total:] = 1.0       # the cell candidates keep their tanh
+    f32 = np.float32
+    return {"W_in": (w_in * scale).astype(f32), "U": (rec * scale).astype(f32), "b": (bias * scale).astype(f32),
+            "lower_units": u1, "upper_units": u2}
 
 
 def fold_weights(raw: Dict[str, np.ndarray]) -> Dict[str, object]:
     """Named Keras arrays from the bundle -> the arrays ``lstm_ae_forward`` uses."""
-    w: Dict[str, object] = {}
-    for name in LSTM_LAYERS:
-        w[name] = fold_lstm(raw[name + "/kernel"], raw[name + "/recurrent_kernel"], raw[name + "/bias"])
+    def lstm(name):
+        return raw[name + "/kernel"], raw[name + "/recurrent_kernel"], raw[name + "/bias"]
+    w: Dict[str, object] = {"encoder": fold_lstm_pair(lstm("enc1"), lstm("enc2")),
+                            "decoder": fold_lstm_pair(lstm("dec1"), lstm("dec2"))}
     for name in ("bottleneck", "output"):
         w[name] = {"W": raw[name + "/kernel"].astype(np.float32), "b": raw[name + "/bias"].astype(np.float32)}
     return w
 
 
-def _lstm_steps(xw: np.ndarray, layer: dict, steps: int, keep_sequence: bool) -> np.ndarray:
-    # xw: input projection plus bias, [batch, time, 4u] (or [batch, 4u] when the input
-    # repeats at every step, as in the decoder) -> [batch, time, u] or [batch, u]
-    u = layer["units"]
-    U = layer["U"]
-    batch = xw.shape[0]
-    h = np.zeros((batch, u), dtype=np.float32)
-    c = np.zeros((batch, u), dtype=np.float32)
-    z = np.empty((batch, 4 * u), dtype=np.float32)
-    seq = np.empty((batch, steps, u), dtype=np.float32) if keep_sequence else None
-    repeated = xw.ndim == 2
-    for t in range(steps):
+def _lstm_wavefront(cell: Dict[str, object], inputs: np.ndarray, steps: int, keep_sequence: bool) -> np.ndarray:
+    # inputs: the lower layer's input, [batch, steps, features], or [batch, features] when it
+    # repeats at every step (the decoder) -> the upper layer's outputs [batch, steps, u2]
+    # (keep_sequence) or its last output [batch, u2].
+    u1, total = cell["lower_units"], cell["lower_units"] + cell["upper_units"]
+    batch = inputs.shape[0]
+    drive = inputs @ cell["W_in"] + cell["b"]                  # [b, steps, 4U] or [b, 4U]
+    repeated = drive.ndim == 2
+    h = np.zeros((batch, total), dtype=np.float32)             # [h_lower | h_upper]
+    c = np.zeros((batch, total), dtype=np.float32)
+    z = np.empty((batch, 4 * total), dtype=np.float32)
+    tmp = np.empty((batch, total), dtype=np.float32)
+    sig, i, f, o, g = (z[:, :3 * total], z[:, :total], z[:, total:2 * total], z[:, 2 * total:3 * total],
+                       z[:, 3 * total:])
+    seq = np.empty((batch, steps, total - u1), dtype=np.float32) if keep_sequence else None
+    U = cell["U"]
+    for t in range(steps + 1):
         np.matmul(h, U, out=z)
-        z += xw if repeated else xw[:, t]
+        if repeated:
+            z += drive
+        elif t < steps:
+            z += drive[:, t]
+        else:
+            z += cell["b"]                                     # the lower layer's extra step is discarded
         np.tanh(z, out=z)
-        i = z[:, :u] * 0.5 + 0.5
-        f = z[:, u:2 * u] * 0.5 + 0.5
-        o = z[:, 3 * u:] * 0.5 + 0.5
+        sig *= 0.5
+        sig += 0.5
         c *= f
-        c += i * z[:, 2 * u:3 * u]
-        h = o * np.tanh(c)
-        if keep_sequence:
-            seq[:, t] = h
-    return seq if keep_sequence else h
+        np.multiply(i, g, out=tmp)
+        c += tmp
+        np.tanh(c, out=tmp)
+        np.multiply(o, tmp, out=h)
+        if t == 0:
+            h[:, u1:] = 0.0                                    # the upper layer starts at step 1
+            c[:, u1:] = 0.0
+        elif keep_sequence:
+            seq[:, t - 1] = h[:, u1:]
+    return seq if keep_sequence else h[:, u1:].copy()
 
 
 def lstm_ae_forward(w: Dict[str, object], windows: np.ndarray) -> np.ndarray:
     """Reconstruct standardized windows: [batch, time, sensors] -> [batch, time, sensors]."""
     x = np.asarray(windows, dtype=np.float32)
     steps = x.shape[1]
-    e1, e2, d1, d2 = (w[name] for name in LSTM_LAYERS)
-    h1 = _lstm_steps(x @ e1["W"] + e1["b"], e1, steps, True)            # [b, t, 64]
-    h2 = _lstm_steps(h1 @ e2["W"] + e2["b"], e2, steps, False)          # [b, 32]
-    code = np.maximum(h2 @ w["bottleneck"]["W"] + w["bottleneck"]["b"], 0.0)   # [b, 16]
-    h3 = _lstm_steps(code @ d1["W"] + d1["b"], d1, steps, True)         # [b, t, 32]; input repeats
-    h4 = _lstm_steps(h3 @ d2["W"] + d2["b"], d2, steps, True)           # [b, t, 64]
-    return h4 @ w["output"]["W"] + w["output"]["b"]                     # [b, t, sensors]
+    h2 = _lstm_wavefront(w["encoder"], x, steps, keep_sequence=False)                  # [b, 32]
+    code = np.maximum(h2 @ w["bottleneck"]["W"] + w["bottleneck"]["b"], 0.0)           # [b, 16]
+    h4 = _lstm_wavefront(w["decoder"], code, steps, keep_sequence=True)                # [b, t, 64]
+    return h4 @ w["output"]["W"] + w["output"]["b"]                                    # [b, t, sensors]
 
 
 def standardize_windows(windows: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -166,12 +166,14 @@ def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None,
     t0 = time.time()
 
     # Stage 1 and LOF: rolling features of the normal fit rows (past the feature warm-up).
-    # A row is normal for stage 1 only when its whole feature history is: the rows just
-    # after a spike carry it in their rolling max/std and would teach the forest that
-    # spikes are normal.
+    # The forests fit on rows whose whole feature history is normal: the rows just after a
+    # spike carry it in their rolling max/std and would teach them that spikes are normal.
+    # Thresholds, though, come from every normal-labelled calibration row, those just after
+    # an anomaly included, because the device meets such rows too: tau1 then passes the
+    # intended share of all normal readings, not of the easy ones.
     feats = batch_features(values[:train_end], spec)
     fit_rows = window_ends(normal, 0, fit_end, spec.history)
-    cal_rows = window_ends(normal, fit_end, train_end, spec.history)
+    cal_rows = fit_end + np.flatnonzero(normal[fit_end:train_end])
     _log("features: %d columns; fit rows %d, calibration rows %d" % (feats.shape[1], fit_rows.size, cal_rows.size),
          progress)
 
