@@ -12,7 +12,9 @@ import time
 import click
 
 from edge_detector import __version__
-from edge_detector.runtime import ENGINES, MODES, BundleError, Detector, InputError, run_stream
+from edge_detector.runtime import (
+    ENGINES, MISSING_POLICIES, MODES, BundleError, Detector, InputError, StreamPolicy, run_stream,
+)
 
 
 def library_errors(fn):
@@ -154,16 +156,28 @@ def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col):
               help="hybrid: stage 2 only where stage 1 flags; lstm: stage 2 everywhere; iforest: stage 1 alone.")
 @click.option("--out", "out", default="-", type=click.Path(allow_dash=True), help="Events file (default: stdout).")
 @click.option("--alarms-only", is_flag=True, help="Write anomalies only.")
-@click.option("--stats", is_flag=True, help="Print counts (read = scored + rejected, alarms) to stderr at the end.")
+@click.option("--missing", type=click.Choice(MISSING_POLICIES), default="reject", show_default=True,
+              help="Empty sensor fields: reject the line, hold the sensor's last value, or interpolate "
+                   "linearly to its next value (which delays those readings until it arrives).")
+@click.option("--gap-factor", default=10.0, show_default=True,
+              help="A gap longer than this many median intervals resets the window state (0: never).")
+@click.option("--stats", is_flag=True, help="Print the counts to stderr at the end.")
 @library_errors
-def detect(bundle, input, engine, mode, out, alarms_only, stats):
-    """Score CSV readings and write one JSON event per reading (JSON Lines).
+def detect(bundle, input, engine, mode, out, alarms_only, missing, gap_factor, stats):
+    """Score CSV or JSON Lines readings; write one JSON event per reading (JSON Lines).
 
-    Reads the layout `train` reads; timestamp and label columns are recognised and not
-    scored. Each event holds line, timestamp, stage1, stage2 (null where stage 2 did not
-    run), is_anomaly, warmup, and for stage-2 readings top_sensors and contributions.
-    A malformed line is not fatal: it goes to stderr as {"line": N, "error": "..."} and
-    the stream goes on.
+    Reads the CSV layout `train` reads (timestamp and label columns are recognised and not
+    scored), or JSON Lines objects keyed by sensor name. Each event holds line, timestamp,
+    stage1, stage2 (null where stage 2 did not run), is_anomaly, warmup, and for stage-2
+    readings top_sensors and contributions. Events are flushed line by line.
+
+    Error stream: every input line is scored or rejected. A rejected line (wrong field
+    count, not a number, NaN or inf, empty line, unknown JSON column, a timestamp that
+    repeats or goes back, a missing value under --missing reject) goes to stderr as
+    {"line": N, "error": "..."} and the stream goes on; a state reset after a long gap is
+    reported as {"line": N, "notice": "..."}. --stats prints {"stats": {"read", "scored",
+    "rejected", "alarms", "filled", "resets"}} at the end; read = scored + rejected.
+    SIGTERM or SIGINT finishes the current line, flushes, prints the stats and exits 0.
 
     Example:
 
@@ -173,8 +187,9 @@ def detect(bundle, input, engine, mode, out, alarms_only, stats):
     src = click.open_file(input, "r", encoding="utf-8")
     dst = click.open_file(out, "w", encoding="utf-8")
     err = click.get_text_stream("stderr")
+    policy = StreamPolicy(missing=missing, gap_factor=gap_factor)
     with src, dst:
-        counts = run_stream(detector, src, dst, err, alarms_only=alarms_only)
+        counts = run_stream(detector, src, dst, err, alarms_only=alarms_only, policy=policy, stop_on_signals=True)
     if stats:
         _echo_err(json.dumps({"stats": counts}))
 
@@ -208,6 +223,53 @@ def evaluate(bundle, data, sensors, label_col, timestamp_col, model_dir, test_fr
     if json_out:
         with open(json_out, "w") as fh:
             json.dump({"rows": len(dataset.values) - start, "start": start, "modes": report}, fh, indent=2)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.option("--engines", default="numpy,tflite,onnx,original", show_default=True,
+              help="Comma-separated: numpy, tflite, onnx, original (Keras + scikit-learn; needs --model).")
+@click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
+              help="Model folder holding the originals (default: the bundle's sibling 'model/' if present).")
+@click.option("--threads", default=1, show_default=True, help="Threads for every engine (0: each runtime's default).")
+@click.option("--runs", default=200, show_default=True, help="Timed runs per measurement.")
+@click.option("--warmup", default=5, show_default=True, help="Untimed runs after the first inference.")
+@click.option("--max-seconds", default=10.0, show_default=True,
+              help="Stop one measurement's timed loop after this long (at least 3 runs).")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("--markdown", "md_out", default=None, type=click.Path(dir_okay=False), help="Write the tables as Markdown.")
+@click.option("--plots", "plots_dir", default=None, type=click.Path(file_okay=False),
+              help="Write latency.png and accuracy_latency.png here.")
+@library_errors
+def bench(bundle, data, engines, model_dir, threads, runs, warmup, max_seconds, json_out, md_out, plots_dir):
+    """Latency, memory, size and accuracy of every engine against the original models, in one run.
+
+    Stage 1 (one reading), stage 2 (one window; batches of 1, 32, 256) and the whole stream
+    per reading in hybrid and LSTM-only modes; init time, cold start and peak RSS in a fresh
+    subprocess per engine; score errors, decision agreement and F1 difference against Keras
+    and scikit-learn; the speed goals as ratios. Timings are printed, never judged.
+
+    Example:
+
+        edge-detector bench demo-run/bundle demo-run/data.csv --model demo-run/model --json bench.json
+    """
+    from edge_detector.bench import format_table, run_bench, write_markdown, write_plots  # noqa: PLC0415
+    if model_dir is None:
+        sibling = os.path.join(os.path.dirname(os.path.abspath(bundle)), "model")
+        model_dir = sibling if os.path.isfile(os.path.join(sibling, "model.json")) else None
+    report = run_bench(bundle, data, engines=[e.strip() for e in engines.split(",") if e.strip()],
+                       threads=threads, runs=runs, model_dir=model_dir, progress=_echo_err, warmup=warmup,
+                       max_seconds=max_seconds, command=" ".join(["edge-detector"] + sys.argv[1:]))
+    click.echo(format_table(report))
+    if json_out:
+        with open(json_out, "w") as fh:
+            json.dump(report, fh, indent=2, allow_nan=False)
+    if md_out:
+        write_markdown(report, md_out)
+    if plots_dir:
+        for path in write_plots(report, plots_dir):
+            _echo_err("wrote %s" % path)
 
 
 @cli.command()

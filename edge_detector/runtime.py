@@ -26,9 +26,12 @@ A reading flows top to bottom through this file:
 Scores everywhere: higher = more anomalous.
 """
 import csv
+import datetime
 import hashlib
 import io
+import itertools
 import json
+import math
 import os
 import sys
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
@@ -47,6 +50,7 @@ TFLITE_FILE = "lstm_ae.tflite"
 ONNX_FILE = "iforest.onnx"
 ENGINES = ("numpy", "tflite", "onnx", "auto")
 MODES = ("hybrid", "lstm", "iforest")
+MAX_ABS_VALUE = 1e100      # beyond this the rolling variances overflow float64: such a value is garbage
 
 
 class BundleError(ValueError):
@@ -499,6 +503,32 @@ def load_bundle(path: str) -> Tuple[dict, Dict[str, np.ndarray]]:
     return manifest, load_weights(os.path.join(path, WEIGHTS))
 
 
+def check_shapes(manifest: dict, raw: Dict[str, np.ndarray]) -> None:
+    """Refuse weights that cannot belong to this manifest (another bundle's file, say)."""
+    n_sensors = len(manifest["sensors"])
+    n_features = len(feature_names(FeatureSpec.from_dict(manifest["feature_spec"]), manifest["sensors"]))
+    checks = [
+        ("enc1/kernel", 0, n_sensors, "sensors"),
+        ("output/kernel", 1, n_sensors, "sensors"),
+    ]
+    for key, axis, expected, what in checks:
+        if key not in raw:
+            raise BundleError("%s has no array %r" % (WEIGHTS, key))
+        if raw[key].ndim != 2 or raw[key].shape[axis] != expected:
+            raise BundleError("%s: %r has shape %s, but the manifest has %d %s"
+                              % (WEIGHTS, key, raw[key].shape, expected, what))
+    feature = raw.get("iforest/feature")
+    if feature is None or feature.size == 0 or int(feature.max()) >= n_features or int(feature.min()) < 0:
+        raise BundleError("%s: 'iforest/feature' does not index the manifest's %d features" % (WEIGHTS, n_features))
+    n_trees, n_internal = feature.shape if feature.ndim == 2 else (0, 0)
+    expected = {"iforest/threshold": (n_trees, n_internal), "iforest/leaf_value": (n_trees, n_internal + 1)}
+    for key, shape in expected.items():
+        if key not in raw or raw[key].shape != shape:
+            raise BundleError("%s: %r should have shape %s to match 'iforest/feature'" % (WEIGHTS, key, shape))
+    if "iforest/depth" not in raw or 2 ** int(raw["iforest/depth"]) - 1 != n_internal:
+        raise BundleError("%s: 'iforest/depth' does not match 'iforest/feature'" % WEIGHTS)
+
+
 def forest_from_weights(raw: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return {k[len("iforest/"):]: v for k, v in raw.items() if k.startswith("iforest/")}
 
@@ -542,6 +572,7 @@ class Detector:
         t = manifest["thresholds"]
         self.tau1, self.tau2, self.tau_iforest = float(t["tau1"]), float(t["tau2"]), float(t["iforest"])
         self.warmup = max(self.window, self.spec.history)
+        check_shapes(manifest, raw_weights)
 
         stage1_engine = "onnx" if engine == "onnx" or (engine == "auto" and engine_available("onnx")) else "numpy"
         stage2_engine = "tflite" if engine == "tflite" or (engine == "auto" and engine_available("tflite")) else "numpy"
@@ -551,6 +582,10 @@ class Detector:
             self.stage1 = NumpyStage1(forest_from_weights(raw_weights))
         if stage2_engine == "tflite":
             self.stage2 = TFLiteStage2(self._artifact(bundle_dir, TFLITE_FILE), threads)
+            expected = (1, self.window, len(self.sensors))
+            if self.stage2.input_shape != expected:
+                raise BundleError("%s: input shape %s does not match the manifest's window and sensors %s"
+                                  % (TFLITE_FILE, self.stage2.input_shape, expected))
         else:
             self.stage2 = NumpyStage2(fold_weights(raw_weights))
         self.engine = engine
@@ -590,8 +625,8 @@ class Detector:
         if x.shape != (len(self.sensors),):
             raise InputError("expected %d sensor values (%s), got shape %r"
                              % (len(self.sensors), ", ".join(self.sensors), x.shape))
-        if not np.all(np.isfinite(x)):
-            raise InputError("sensor values must be finite, got %s" % x.tolist())
+        if not np.all(np.isfinite(x)) or np.any(np.abs(x) > MAX_ABS_VALUE):
+            raise InputError("sensor values must be finite and within +-%g, got %s" % (MAX_ABS_VALUE, x.tolist()))
         return x
 
     def _stage2_windows(self, windows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -641,9 +676,9 @@ class Detector:
         values = np.asarray(values, dtype=np.float64)
         if values.ndim != 2 or values.shape[1] != len(self.sensors):
             raise InputError("expected [time, %d] values, got shape %r" % (len(self.sensors), values.shape))
-        if not np.all(np.isfinite(values)):
-            bad = int(np.argwhere(~np.isfinite(values))[0][0])
-            raise InputError("row %d has a value that is not finite" % bad)
+        bad_rows = np.flatnonzero(~np.all(np.isfinite(values) & (np.abs(values) <= MAX_ABS_VALUE), axis=1))
+        if bad_rows.size:
+            raise InputError("row %d has a value that is not finite or beyond +-%g" % (bad_rows[0], MAX_ABS_VALUE))
         n = values.shape[0]
         s1 = self.stage1(batch_features(values, self.spec)) if n else np.zeros(0)
         warm = np.arange(n) + 1 < self.warmup
@@ -703,7 +738,10 @@ def parse_header(header_line: str, sensors: Optional[Sequence[str]] = None,
     """
     line = header_line.lstrip("\ufeff").rstrip("\r\n")
     delimiter = sniff_delimiter(line)
-    header = [h.strip() for h in next(csv.reader([line], delimiter=delimiter))]
+    try:
+        header = [h.strip() for h in next(csv.reader([line], delimiter=delimiter), [])]
+    except csv.Error as exc:
+        raise InputError("malformed CSV header (%s)" % exc) from None
     lower = [h.lower() for h in header]
 
     def find(name: Optional[str], defaults: Sequence[str], what: str) -> Optional[int]:
@@ -739,22 +777,37 @@ class Reading(NamedTuple):
     label: Optional[float]
 
 
+def _number(text: str, column: str) -> float:
+    # '' is a missing value (NaN here, resolved by the stream's policy); a literal NaN or
+    # inf is a malformed reading and is rejected
+    text = text.strip()
+    if not text:
+        return float("nan")
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError("column %r: %r is not a number" % (column, text)) from None
+    if not math.isfinite(value):
+        raise InputError("column %r: %r is NaN or infinite" % (column, text))
+    if abs(value) > MAX_ABS_VALUE:
+        raise InputError("column %r: %r is out of range (|value| > %g)" % (column, text, MAX_ABS_VALUE))
+    return value
+
+
 def parse_csv_line(text: str, layout: Layout, line_no: int) -> Reading:
-    """One CSV data line -> Reading, or InputError naming the reason."""
+    """One CSV data line -> Reading, or InputError naming the reason.
+
+    Missing sensor values (empty fields) come back as NaN for the stream's policy to resolve.
+    """
     if not text.strip():
         raise InputError("empty line")
-    fields = next(csv.reader([text.rstrip("\r\n")], delimiter=layout.delimiter))
+    try:
+        fields = next(csv.reader([text.rstrip("\r\n")], delimiter=layout.delimiter), [])
+    except csv.Error as exc:                       # a stray carriage return, an unclosed quote...
+        raise InputError("malformed CSV (%s)" % exc) from None
     if len(fields) != len(layout.header):
         raise InputError("expected %d fields, got %d" % (len(layout.header), len(fields)))
-    values = np.empty(len(layout.sensor_index))
-    for k, i in enumerate(layout.sensor_index):
-        try:
-            values[k] = float(fields[i])
-        except ValueError:
-            raise InputError("column %r: %r is not a number" % (layout.header[i], fields[i])) from None
-    if not np.all(np.isfinite(values)):
-        raise InputError("NaN or infinite value in %s" % ", ".join(
-            layout.sensor_names[k] for k in np.flatnonzero(~np.isfinite(values))))
+    values = np.array([_number(fields[i], layout.header[i]) for i in layout.sensor_index])
     label = None
     if layout.label_index is not None:
         raw = fields[layout.label_index].strip()
@@ -763,15 +816,52 @@ def parse_csv_line(text: str, layout: Layout, line_no: int) -> Reading:
         except ValueError:
             raise InputError("label column %r: %r is not a number" % (layout.header[layout.label_index], raw)) from None
     ts = fields[layout.timestamp_index].strip() if layout.timestamp_index is not None else None
-    return Reading(line_no, ts, values, label)
+    return Reading(line_no, ts or None, values, label)
+
+
+def parse_json_line(text: str, sensors: Sequence[str], line_no: int) -> Reading:
+    """One JSON Lines reading, e.g. {"timestamp": "...", "sensor_1": 51.2, ...} -> Reading.
+
+    Every key must be a sensor, a timestamp or a label name; a sensor that is absent or
+    null is a missing value.
+    """
+    if not text.strip():
+        raise InputError("empty line")
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise InputError("not valid JSON (%s)" % exc) from None
+    if not isinstance(obj, dict):
+        raise InputError("a JSON reading must be an object, got %s" % type(obj).__name__)
+    known = set(sensors) | set(TIMESTAMP_NAMES) | set(LABEL_NAMES) | set(IGNORED_NAMES)
+    unknown = sorted(k for k in obj if k not in known)
+    if unknown:
+        raise InputError("unknown column %s (sensors: %s)" % (", ".join(repr(k) for k in unknown), ", ".join(sensors)))
+    values = np.empty(len(sensors))
+    for k, name in enumerate(sensors):
+        v = obj.get(name)
+        if v is None:
+            values[k] = np.nan
+        elif isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise InputError("column %r: %r is not a number" % (name, v))
+        elif not math.isfinite(v):
+            raise InputError("column %r: %r is NaN or infinite" % (name, v))
+        elif abs(v) > MAX_ABS_VALUE:
+            raise InputError("column %r: %r is out of range (|value| > %g)" % (name, v, MAX_ABS_VALUE))
+        else:
+            values[k] = v
+    ts = next((obj[k] for k in TIMESTAMP_NAMES if k in obj), None)
+    label = next((obj[k] for k in LABEL_NAMES if k in obj), None)
+    return Reading(line_no, None if ts is None else str(ts), values, label)
 
 
 def open_csv(lines: Iterable[str], sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,
-             timestamp_col: Optional[str] = None) -> Tuple[Layout, Iterator[Tuple[int, Optional[Reading], Optional[str]]]]:
+             timestamp_col: Optional[str] = None,
+             header_line: int = 1) -> Tuple[Layout, Iterator[Tuple[int, Optional[Reading], Optional[str]]]]:
     """Read the header of a CSV stream; return its layout and a lazy iterator over the rest.
 
     The iterator yields (line number, reading, None) or (line number, None, reason): a bad
-    line never stops the stream.
+    line never stops the stream. ``header_line`` is the header's line number in the input.
     """
     it = iter(lines)
     header = next(it, None)
@@ -780,7 +870,7 @@ def open_csv(lines: Iterable[str], sensors: Optional[Sequence[str]] = None, labe
     layout = parse_header(header, sensors, label_col, timestamp_col)
 
     def rows() -> Iterator[Tuple[int, Optional[Reading], Optional[str]]]:
-        for line_no, text in enumerate(it, start=2):
+        for line_no, text in enumerate(it, start=header_line + 1):
             try:
                 yield line_no, parse_csv_line(text, layout, line_no), None
             except InputError as exc:
@@ -806,6 +896,9 @@ def read_csv(path: str, sensors: Optional[Sequence[str]] = None, label_col: Opti
         except InputError as exc:
             raise InputError("%s: %s" % (path, exc)) from None
         for line_no, reading, reason in rows:
+            if reading is not None and np.isnan(reading.values).any():
+                reading, reason = None, "missing value in %s" % ", ".join(
+                    layout.sensor_names[k] for k in np.flatnonzero(np.isnan(reading.values)))
             if reading is not None:
                 readings.append(reading)
             elif strict:
@@ -828,48 +921,231 @@ def event_record(reading: Reading, score: Score, sensors: Sequence[str], top: in
     return record
 
 
-def run_stream(detector: Detector, lines: Iterable[str], out, err, alarms_only: bool = False) -> Dict[str, int]:
-    """Score a CSV stream line by line, writing one JSON event per reading to ``out``.
+def parse_timestamp(text: Optional[str]) -> Optional[float]:
+    """Seconds: a number is taken as epoch seconds, anything else as ISO 8601."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise InputError("timestamp %r is neither epoch seconds nor ISO 8601" % text) from None
 
-    Rejected lines go to ``err`` as JSON with their line number and reason; the stream goes
-    on. Every output line is flushed as it is written. Returns the counts.
+
+MISSING_POLICIES = ("reject", "hold-last", "interpolate")
+
+
+class StreamPolicy(NamedTuple):
+    missing: str = "reject"     # reject | hold-last | interpolate (empty fields / absent JSON keys)
+    gap_factor: float = 10.0    # a gap over this many median intervals resets the state; 0 = never
+    max_pending: int = 100      # interpolate: readings held back waiting for the next value
+
+
+class _Shutdown(Exception):
+    """SIGTERM/SIGINT arrived while waiting for input: stop between lines."""
+
+
+class StreamScorer:
+    """Scores a stream of CSV or JSON Lines readings, accounting for every line.
+
+    Each line is scored (one JSON event on ``out``) or rejected (one JSON error on ``err``
+    with its line number and reason), so read = scored + rejected always. Missing values
+    follow ``policy.missing``; a timestamp that repeats or goes backwards is rejected; a gap
+    longer than ``policy.gap_factor`` times the median interval resets the window state, so
+    two separate runs are never joined into one window.
     """
-    stats = {"read": 0, "scored": 0, "rejected": 0, "alarms": 0}
-    _, rows = open_csv(lines, sensors=detector.sensors)
-    for line_no, reading, reason in rows:
-        stats["read"] += 1
+
+    def __init__(self, detector: Detector, out, err, alarms_only: bool = False,
+                 policy: StreamPolicy = StreamPolicy()):
+        if policy.missing not in MISSING_POLICIES:
+            raise ValueError("missing-value policy %r is not one of %s" % (policy.missing, ", ".join(MISSING_POLICIES)))
+        self.detector, self.out, self.err, self.alarms_only, self.policy = detector, out, err, alarms_only, policy
+        self.stats = {"read": 0, "scored": 0, "rejected": 0, "alarms": 0, "filled": 0, "resets": 0}
+        self._last_time: Optional[float] = None
+        self._intervals: List[float] = []
+        self._last_values: Optional[np.ndarray] = None
+        self._pending: List[Reading] = []        # interpolate: readings waiting for a later value
+        self.stopping = False                    # set by a signal: finish this line, then stop
+
+    def _emit(self, stream, record: dict) -> None:
+        stream.write(json.dumps(record) + "\n")   # one write per line: never half a line
+        stream.flush()
+
+    def reject(self, line_no: int, reason: str) -> None:
+        self.stats["rejected"] += 1
+        self._emit(self.err, {"line": line_no, "error": reason})
+
+    def _score(self, reading: Reading) -> None:
+        score = self.detector.score_one(reading.values)
+        self._last_values = reading.values
+        self.stats["scored"] += 1
+        self.stats["alarms"] += int(score.is_anomaly)
+        if score.is_anomaly or not self.alarms_only:
+            self._emit(self.out, event_record(reading, score, self.detector.sensors))
+
+    def _check_time(self, reading: Reading) -> None:
+        t = parse_timestamp(reading.timestamp)
+        if t is None:
+            return
+        if self._last_time is not None:
+            step = t - self._last_time
+            if step <= 0:
+                raise InputError("timestamp %s %s the previous reading's" % (
+                    reading.timestamp, "repeats" if step == 0 else "goes back before"))
+            if self.policy.gap_factor and len(self._intervals) >= 5:
+                median = float(np.median(self._intervals))
+                if step > self.policy.gap_factor * median:
+                    self.flush_pending()
+                    self.detector.reset()
+                    self._last_values = None
+                    self.stats["resets"] += 1
+                    self._emit(self.err, {"line": reading.line, "notice": "gap of %gs is over %g x the median "
+                                          "interval (%gs): window state reset" % (step, self.policy.gap_factor, median)})
+            self._intervals = (self._intervals + [step])[-50:]
+        self._last_time = t
+
+    def feed(self, line_no: int, reading: Optional[Reading], reason: Optional[str]) -> None:
+        self.stats["read"] += 1
         if reading is None:
-            stats["rejected"] += 1
-            err.write(json.dumps({"line": line_no, "error": reason}) + "\n")
-            err.flush()
-            continue
-        score = detector.score_one(reading.values)
-        stats["scored"] += 1
-        stats["alarms"] += int(score.is_anomaly)
-        if score.is_anomaly or not alarms_only:
-            out.write(json.dumps(event_record(reading, score, detector.sensors)) + "\n")
-            out.flush()
-    return stats
+            self.reject(line_no, reason or "unreadable")
+            return
+        try:
+            self._check_time(reading)
+        except InputError as exc:
+            self.reject(line_no, str(exc))
+            return
+        missing = np.isnan(reading.values)
+        if not missing.any():
+            if self._pending:
+                self._fill_pending(reading.values)
+            self._score(reading)
+            return
+        names = ", ".join(self.detector.sensors[k] for k in np.flatnonzero(missing))
+        if self.policy.missing == "reject":
+            self.reject(line_no, "missing value in %s" % names)
+        elif self._last_values is None:
+            self.reject(line_no, "missing value in %s and no earlier reading to fill it from" % names)
+        elif self.policy.missing == "hold-last":
+            self.stats["filled"] += 1
+            self._score(reading._replace(values=np.where(missing, self._last_values, reading.values)))
+        else:
+            self._pending.append(reading)
+            if len(self._pending) >= self.policy.max_pending:
+                self.flush_pending()
+
+    def _fill_pending(self, next_values: np.ndarray) -> None:
+        # linear interpolation between the last scored values and the next complete reading
+        n = len(self._pending)
+        start = self._last_values
+        for k, reading in enumerate(self._pending, start=1):
+            guess = start + (next_values - start) * (k / (n + 1))
+            self.stats["filled"] += 1
+            self._score(reading._replace(values=np.where(np.isnan(reading.values), guess, reading.values)))
+        self._pending = []
+
+    def flush_pending(self) -> None:
+        """Score held-back readings with the last values (the stream ended or the wait grew too long)."""
+        pending, self._pending = self._pending, []
+        for reading in pending:
+            self.stats["filled"] += 1
+            self._score(reading._replace(values=np.where(np.isnan(reading.values), self._last_values, reading.values)))
+
+    def run(self, lines: Iterable[str]) -> Dict[str, int]:
+        """Score every line of ``lines``; returns the counts. Stops cleanly after ``stopping`` is set."""
+        rows = iter_readings(lines, self.detector.sensors)
+        try:
+            while not self.stopping:
+                self._waiting = True
+                try:
+                    item = next(rows, None)
+                finally:
+                    self._waiting = False
+                if item is None:
+                    break
+                self.feed(*item)
+        except _Shutdown:
+            pass
+        self.flush_pending()
+        return self.stats
+
+    def handle_signal(self, signum, frame) -> None:
+        """Signal handler: between lines, stop at once; inside a line, finish it first."""
+        self.stopping = True
+        if getattr(self, "_waiting", False):
+            raise _Shutdown()
+
+
+def iter_readings(lines: Iterable[str], sensors: Sequence[str]) -> Iterator[Tuple[int, Optional[Reading], Optional[str]]]:
+    """CSV (with a header) or JSON Lines, told apart by the first non-empty line.
+
+    Yields (line number, reading, None) or (line number, None, reason).
+    """
+    it = iter(lines)
+    line_no = 0
+    first = None
+    for first in it:
+        line_no += 1
+        if first.strip():
+            break
+        yield line_no, None, "empty line"
+    else:
+        return
+    if first.lstrip().startswith("{"):
+        for n, text in enumerate(itertools.chain([first], it), start=line_no):
+            try:
+                yield n, parse_json_line(text, sensors, n), None
+            except InputError as exc:
+                yield n, None, str(exc)
+        return
+    _, rows = open_csv(itertools.chain([first], it), sensors, header_line=line_no)
+    yield from rows
+
+
+def run_stream(detector: Detector, lines: Iterable[str], out, err, alarms_only: bool = False,
+               policy: StreamPolicy = StreamPolicy(), stop_on_signals: bool = False) -> Dict[str, int]:
+    """Score a CSV or JSON Lines stream; events to ``out``, rejected lines to ``err``; returns the counts.
+
+    With ``stop_on_signals``, SIGTERM and SIGINT end the stream cleanly: the current line is
+    finished and flushed, and the counts come back as usual.
+    """
+    scorer = StreamScorer(detector, out, err, alarms_only, policy)
+    if not stop_on_signals:
+        return scorer.run(lines)
+    import signal  # noqa: PLC0415
+    previous = {sig: signal.signal(sig, scorer.handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return scorer.run(lines)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     import argparse  # noqa: PLC0415 (only the script form needs it)
-    parser = argparse.ArgumentParser(prog="runtime.py", description="Score CSV readings from stdin (or a file) "
-                                     "with an edge-detector bundle; JSON events go to stdout, rejected lines to stderr.")
+    parser = argparse.ArgumentParser(
+        prog="runtime.py", description="Score CSV or JSON Lines readings from stdin (or a file) with an "
+        "edge-detector bundle. Events go to stdout as JSON Lines; rejected lines go to stderr as "
+        '{"line": N, "error": "..."}; the counts go to stderr at the end. SIGTERM/SIGINT stop cleanly.')
     parser.add_argument("bundle")
     parser.add_argument("input", nargs="?", default="-")
     parser.add_argument("--engine", default="numpy", choices=ENGINES)
     parser.add_argument("--mode", default="hybrid", choices=MODES)
     parser.add_argument("--alarms-only", action="store_true")
+    parser.add_argument("--missing", default="reject", choices=MISSING_POLICIES)
+    parser.add_argument("--gap-factor", type=float, default=10.0)
     args = parser.parse_args(argv)
+    policy = StreamPolicy(missing=args.missing, gap_factor=args.gap_factor)
     try:
         detector = Detector.load(args.bundle, engine=args.engine, mode=args.mode)
         if args.input == "-":
             stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
-            stats = run_stream(detector, stream, sys.stdout, sys.stderr, args.alarms_only)
+            stats = run_stream(detector, stream, sys.stdout, sys.stderr, args.alarms_only, policy, True)
         else:
             with open(args.input, "r", encoding="utf-8", newline="") as fh:
-                stats = run_stream(detector, fh, sys.stdout, sys.stderr, args.alarms_only)
+                stats = run_stream(detector, fh, sys.stdout, sys.stderr, args.alarms_only, policy, True)
     except (BundleError, InputError, OSError) as exc:
         sys.stderr.write("error: %s\n" % exc)
         return 1
