@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from numpy.testing import assert_allclose
 
-from edge_detector.runtime import FeatureSpec, FeatureState, batch_features, feature_names
+from edge_detector.runtime import FEATURE_FAMILIES, FeatureSpec, FeatureState, batch_features, feature_names
 from tests.conftest import skab_file
 
 
@@ -14,18 +14,21 @@ def streamed(values, spec):
     return np.stack([state.update(row) for row in values])
 
 
+ALL_FAMILIES = FeatureSpec(lags=(1, 5), families=FEATURE_FAMILIES)
+
+
 def test_streaming_equals_batch_on_synthetic():
     from edge_detector.export.data import generate
     values = generate(n=2000, seed=11).values
-    spec = FeatureSpec()
-    assert_allclose(streamed(values, spec), batch_features(values, spec), rtol=1e-6)
+    for spec in (FeatureSpec(), ALL_FAMILIES):
+        assert_allclose(streamed(values, spec), batch_features(values, spec), rtol=1e-6)
 
 
 def test_streaming_equals_batch_on_skab():
     from edge_detector.export.data import load_csv
     values = load_csv(str(skab_file("other/13.csv"))).values
-    spec = FeatureSpec()
-    assert_allclose(streamed(values, spec), batch_features(values, spec), rtol=1e-6)
+    for spec in (FeatureSpec(), ALL_FAMILIES):
+        assert_allclose(streamed(values, spec), batch_features(values, spec), rtol=1e-6)
 
 
 @settings(max_examples=60, deadline=None)
@@ -34,9 +37,10 @@ def test_streaming_equals_batch_on_skab():
         lambda s: arrays(np.float64, (n, s), elements=st.floats(-1e6, 1e6, allow_nan=False)))),
     windows=st.lists(st.integers(1, 30), min_size=1, max_size=4, unique=True).map(lambda w: tuple(sorted(w))),
     lags=st.lists(st.integers(1, 20), min_size=1, max_size=3, unique=True).map(tuple),
+    families=st.lists(st.sampled_from(FEATURE_FAMILIES), min_size=1, unique=True).map(tuple),
 )
-def test_streaming_equals_batch_on_random_data(values, windows, lags):
-    spec = FeatureSpec(windows=windows, lags=lags)
+def test_streaming_equals_batch_on_random_data(values, windows, lags, families):
+    spec = FeatureSpec(windows=windows, lags=lags, families=families)
     assert_allclose(streamed(values, spec), batch_features(values, spec), rtol=1e-6)
 
 
@@ -44,14 +48,21 @@ def test_features_ignore_the_level():
     # A constant offset (a drifted level) must not move any feature.
     from edge_detector.export.data import generate
     values = generate(n=1500, seed=5).values
-    assert_allclose(batch_features(values + 1000.0), batch_features(values), atol=1e-9)
+    assert_allclose(batch_features(values + 1000.0, ALL_FAMILIES), batch_features(values, ALL_FAMILIES), atol=1e-9)
 
 
 def test_names_match_columns():
-    spec = FeatureSpec()
-    names = feature_names(spec, ["a", "b", "c"])
-    assert batch_features(np.zeros((4, 3)), spec).shape == (4, len(names))
-    assert names[0] == "a:x-mean50" and names[-1] == "c:diff5"
+    for spec in (FeatureSpec(), ALL_FAMILIES):
+        names = feature_names(spec, ["a", "b", "c"])
+        assert batch_features(np.zeros((4, 3)), spec).shape == (4, len(names))
+    assert feature_names(FeatureSpec(), ["a"]) == ["a:x-mean50", "a:mean5-mean50", "a:mean15-mean50", "a:diff1"]
+    assert feature_names(ALL_FAMILIES, ["a", "b"])[-1] == "b:diff5"
+
+
+def test_unknown_family_is_refused():
+    import pytest
+    with pytest.raises(ValueError, match="unknown \\['skew'\\]"):
+        FeatureSpec.from_dict({"windows": [5], "lags": [1], "families": ["level", "skew"]})
 
 
 def test_a_spike_shows_in_its_sensor_only():
