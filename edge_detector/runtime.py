@@ -470,6 +470,16 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON, without its own ``manifest_sha256`` field.
+
+    It catches a manifest changed after export (a flipped digit in a threshold, say); it is
+    a checksum, not a signature.
+    """
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
 def load_manifest(path: str) -> dict:
     """Read and verify a bundle's manifest: schema version and every file's sha256."""
     if not os.path.isdir(path):
@@ -488,9 +498,12 @@ def load_manifest(path: str) -> dict:
     if version != SCHEMA_VERSION:
         raise BundleError("bundle %r: field 'schema_version' is %r, this runtime reads %d"
                           % (path, version, SCHEMA_VERSION))
-    for field in ("sensors", "feature_spec", "window", "scale", "thresholds", "files", "tail"):
+    for field in ("sensors", "feature_spec", "window", "scale", "thresholds", "files", "tail", "manifest_sha256"):
         if field not in manifest:
             raise BundleError("bundle %r: %s has no field %r" % (path, MANIFEST, field))
+    if manifest["manifest_sha256"] != manifest_digest(manifest):
+        raise BundleError("bundle %r: %s does not match its field 'manifest_sha256': it was changed after export"
+                          % (path, MANIFEST))
     files = manifest["files"]
     if not isinstance(files, dict) or WEIGHTS not in files:
         raise BundleError("bundle %r: field 'files' must list %s with its sha256" % (path, WEIGHTS))

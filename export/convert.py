@@ -19,7 +19,7 @@ from edge_detector.export.data import Dataset
 from edge_detector.export.train import TrainedModels, build_autoencoder, import_tf_keras, windows_at
 from edge_detector.runtime import (
     LSTM_LAYERS, MANIFEST, ONNX_FILE, SCHEMA_VERSION, TFLITE_FILE, WEIGHTS, Detector, NumpyStage2, OnnxStage1,
-    TFLiteStage2, batch_features, fold_weights, iforest_score, reconstruction_error, sha256_file,
+    TFLiteStage2, batch_features, fold_weights, iforest_score, manifest_digest, reconstruction_error, sha256_file,
     standardize_windows,
 )
 
@@ -213,6 +213,7 @@ def export_bundle(model_dir: str, data: Dataset, out_dir: str, progress: Optiona
             "parity": parity,
             "files": files,
         }
+        manifest["manifest_sha256"] = manifest_digest(manifest)
         with open(os.path.join(tmp, MANIFEST), "w") as fh:
             json.dump(manifest, fh, indent=2)
         Detector.load(tmp)                              # the bundle must load before it lands
