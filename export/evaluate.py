@@ -99,6 +99,7 @@ def evaluate(bundle: str, data: Dataset, start: int = 0, engine: str = "numpy", 
 
 def comparison_table(report: Dict[str, dict], kinds: Sequence[str] = ANOMALY_KINDS) -> str:
     """A fixed-width table of the report, one row per mode."""
+    report = {mode: m for mode, m in report.items() if mode in MODE_LABELS}     # skip non-mode entries
     present = [k for k in kinds if any(k in m["event_recall"] for m in report.values())]
     head = "%-10s %6s %6s %6s %7s %6s %8s %7s" % ("mode", "prec", "recall", "F1", "ROC-AUC", "PR-AUC", "FA/1000", "stage2")
     head += "".join(" %10s" % ("ev:" + k[:7]) for k in present)
