@@ -13,7 +13,7 @@ import click
 
 from edge_detector import __version__
 from edge_detector.runtime import (
-    ENGINES, MISSING_POLICIES, MODES, BundleError, Detector, InputError, StreamPolicy, run_stream,
+    ENGINES, MISSING_POLICIES, MODES, OUTPUT_FORMATS, BundleError, Detector, InputError, StreamPolicy, run_stream,
 )
 
 
@@ -162,8 +162,11 @@ def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col):
 @click.option("--gap-factor", default=10.0, show_default=True,
               help="A gap longer than this many median intervals resets the window state (0: never).")
 @click.option("--stats", is_flag=True, help="Print the counts to stderr at the end.")
+@click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default="jsonl", show_default=True,
+              help="jsonl: one JSON event per line; influx: InfluxDB line protocol, one line per event "
+                   "(for Telegraf's inputs.execd).")
 @library_errors
-def detect(bundle, input, engine, mode, out, alarms_only, missing, gap_factor, stats):
+def detect(bundle, input, engine, mode, out, alarms_only, missing, gap_factor, stats, output_format):
     """Score CSV or JSON Lines readings; write one JSON event per reading (JSON Lines).
 
     Reads the CSV layout `train` reads (timestamp and label columns are recognised and not
@@ -179,6 +182,11 @@ def detect(bundle, input, engine, mode, out, alarms_only, missing, gap_factor, s
     "rejected", "alarms", "filled", "resets"}} at the end; read = scored + rejected.
     SIGTERM or SIGINT finishes the current line, flushes, prints the stats and exits 0.
 
+    --format influx writes the same events as InfluxDB line protocol: measurement
+    edge_detector; fields line, stage1, stage2 (absent where stage 2 did not run),
+    is_anomaly, warmup, top_sensors and contribution_<sensor>; the reading's time in
+    nanoseconds (naive timestamps are UTC).
+
     Example:
 
         edge-detector detect bundle/ readings.csv --alarms-only
@@ -189,7 +197,8 @@ def detect(bundle, input, engine, mode, out, alarms_only, missing, gap_factor, s
     err = click.get_text_stream("stderr")
     policy = StreamPolicy(missing=missing, gap_factor=gap_factor)
     with src, dst:
-        counts = run_stream(detector, src, dst, err, alarms_only=alarms_only, policy=policy, stop_on_signals=True)
+        counts = run_stream(detector, src, dst, err, alarms_only=alarms_only, policy=policy, stop_on_signals=True,
+                            output_format=output_format)
     if stats:
         _echo_err(json.dumps({"stats": counts}))
 
@@ -270,6 +279,68 @@ def bench(bundle, data, engines, model_dir, threads, runs, warmup, max_seconds, 
     if plots_dir:
         for path in write_plots(report, plots_dir):
             _echo_err("wrote %s" % path)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Archive to write (.tar.gz).")
+@library_errors
+def package(bundle, out):
+    """Pack a bundle, the single-file runtime, run.sh and a device README into one archive.
+
+    The archive unpacks to one folder named after it (gateway.tar.gz -> gateway/) and needs
+    Python >= 3.9 and NumPy >= 1.24 on the device, nothing else. It is written to a temporary
+    file and renamed into place.
+
+    Example:
+
+        edge-detector package bundle/ --out gateway.tar.gz
+    """
+    from edge_detector.package import build_package  # noqa: PLC0415
+    names = build_package(bundle, out)
+    click.echo("wrote %s: %d entries under %s/" % (out, len(names), names[0]))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="MQTT broker host.")
+@click.option("--port", default=1883, show_default=True, help="MQTT broker port.")
+@click.option("--in-topic", default="sensors/readings", show_default=True,
+              help="Topic of JSON readings, one reading per message.")
+@click.option("--out-topic", default="sensors/alarms", show_default=True, help="Topic the events are published to.")
+@click.option("--qos", type=click.IntRange(0, 2), default=1, show_default=True, help="QoS to subscribe and publish with.")
+@click.option("--all-events", is_flag=True, help="Publish an event for every reading, not only alarms.")
+@click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default="jsonl", show_default=True,
+              help="Payload of the published events.")
+@click.option("--engine", type=click.Choice(ENGINES), default="numpy", show_default=True)
+@click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True)
+@click.option("--missing", type=click.Choice(MISSING_POLICIES), default="reject", show_default=True,
+              help="Missing sensor values (absent or null keys): as for detect.")
+@click.option("--gap-factor", default=10.0, show_default=True,
+              help="A gap longer than this many median intervals resets the window state (0: never).")
+@click.option("--client-id", default=None, help="MQTT client id (default: edge-detector-<pid>).")
+@click.option("--username", default=None, help="MQTT user name; the password comes from $MQTT_PASSWORD.")
+@library_errors
+def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format, engine, mode, missing, gap_factor,
+         client_id, username):
+    """Subscribe to a topic of JSON readings and publish alarm events to another topic.
+
+    Needs the mqtt extra (paho-mqtt). Each message is one JSON reading keyed by sensor name,
+    as in detect's JSON Lines input; an event's line is the message's sequence number.
+    Rejected messages and notices go to stderr as JSON lines. SIGTERM or SIGINT finish the
+    current message, wait for outstanding publishes, print the counts to stderr and exit 0.
+
+    Example:
+
+        edge-detector mqtt bundle/ --host 127.0.0.1 --in-topic plant/readings --out-topic plant/alarms
+    """
+    from edge_detector.mqtt import run_bridge  # noqa: PLC0415
+    detector = Detector.load(bundle, engine=engine, mode=mode)
+    counts = run_bridge(detector, host=host, port=port, in_topic=in_topic, out_topic=out_topic, qos=qos,
+                        alarms_only=not all_events, policy=StreamPolicy(missing=missing, gap_factor=gap_factor),
+                        output_format=output_format, client_id=client_id, username=username,
+                        password=os.environ.get("MQTT_PASSWORD"), err=click.get_text_stream("stderr"))
+    _echo_err(json.dumps({"stats": counts}))
 
 
 @cli.command()

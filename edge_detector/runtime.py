@@ -184,31 +184,46 @@ class FeatureState:
 # --------------------------------------------------------------------------------------
 # Each tree is padded to depth D: node i has children 2i+1 and 2i+2. A leaf shallower
 # than D gets a threshold of +inf below it, so every descent takes exactly D steps and
-# all trees descend together, one level per NumPy operation.
+# all trees descend together, one level per handful of NumPy operations. The descent
+# works on flat indices: at a node with flat index g the next one is step[2g + went_right]
+# (after the last level, step gives the leaf's flat index), so no per-tree offsets or
+# index arithmetic remain in the loop; ``take`` is used because it beats fancy indexing
+# on these small arrays.
 
-def iforest_score(forest: Dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
+def prepare_forest(forest: Dict[str, np.ndarray]) -> Dict[str, object]:
+    """Bundle arrays -> the flat tables ``iforest_score`` descends (done once, at load)."""
+    feature = np.asarray(forest["feature"])
+    n_trees, n_internal = feature.shape
+    tree, node = np.divmod(np.arange(n_trees * n_internal), n_internal)              # [trees * internal]
+    children = np.stack([2 * node + 1, 2 * node + 2], axis=1)                        # [g, went_right]
+    leaf = children >= n_internal
+    step = np.where(leaf, tree[:, None] * (n_internal + 1) + children - n_internal,
+                    tree[:, None] * n_internal + children)
+    return {"feature": feature.ravel().astype(np.intp), "threshold": np.asarray(forest["threshold"]).ravel(),
+            "step": step.ravel().astype(np.intp), "roots": np.arange(n_trees) * n_internal,
+            "leaf_value": np.asarray(forest["leaf_value"], dtype=np.float64).ravel(),
+            "depth": int(forest["depth"]), "normalizer": float(forest["normalizer"])}
+
+
+def iforest_score(forest: Dict[str, object], features: np.ndarray) -> np.ndarray:
     """Anomaly score in (0, 1), higher = more anomalous: [n, features] -> [n].
 
-    Equals ``-IsolationForest.score_samples`` of scikit-learn: features are compared in
-    float32, as scikit-learn's trees do.
+    ``forest`` comes from ``prepare_forest``. Equals ``-IsolationForest.score_samples`` of
+    scikit-learn: features are compared in float32, as scikit-learn's trees do.
     """
     x = np.asarray(features, dtype=np.float32)
     if x.ndim == 1:
         x = x[None, :]
-    feature, threshold = forest["feature"], forest["threshold"]        # [trees, 2^D - 1]
-    n_trees, n_internal = feature.shape
-    depth = int(forest["depth"])
-    rows = np.arange(x.shape[0])[:, None]                                # [n, 1]
-    offset = np.arange(n_trees) * n_internal                             # [trees]
-    flat_feature, flat_threshold = feature.ravel(), threshold.ravel()
-    node = np.zeros((x.shape[0], n_trees), dtype=np.intp)                # [n, trees]
-    for _ in range(depth):
-        idx = node + offset
-        go_right = x[rows, flat_feature[idx]] > flat_threshold[idx]
-        node = 2 * node + 1 + go_right
-    leaf = node - n_internal                                             # [n, trees] in [0, 2^D)
-    path = forest["leaf_value"].ravel()[leaf + np.arange(n_trees) * (n_internal + 1)].sum(axis=1)
-    return np.power(2.0, -path / float(forest["normalizer"]))
+    n = x.shape[0]
+    flat_x = x.ravel()
+    row_start = (np.arange(n) * x.shape[1])[:, None]                        # [n, 1]
+    feature, threshold, step = forest["feature"], forest["threshold"], forest["step"]
+    g = np.broadcast_to(forest["roots"], (n, forest["roots"].size))         # [n, trees] flat node index
+    for _ in range(forest["depth"]):
+        went_right = flat_x.take(row_start + feature.take(g)) > threshold.take(g)
+        g = step.take(2 * g + went_right)
+    path = forest["leaf_value"].take(g).sum(axis=1)                         # [n]
+    return np.power(2.0, -path / forest["normalizer"])
 
 
 # --------------------------------------------------------------------------------------
@@ -360,7 +375,7 @@ class NumpyStage1:
     name = "numpy"
 
     def __init__(self, forest: Dict[str, np.ndarray]):
-        self.forest = forest
+        self.forest = prepare_forest(forest)
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         return iforest_score(self.forest, features)
@@ -952,6 +967,65 @@ def event_record(reading: Reading, score: Score, sensors: Sequence[str], top: in
     return record
 
 
+OUTPUT_FORMATS = ("jsonl", "influx")
+
+
+def _influx_escape(text: str, specials: str) -> str:
+    # A newline would end the line, and parsers disagree on whether "\\" escapes a backslash
+    # in a key, so both are replaced (a backslash by "/"); then the specials are escaped.
+    text = str(text).replace("\r", " ").replace("\n", " ").replace("\\", "/")
+    for ch in specials:
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def influx_time_ns(text: Optional[str]) -> Optional[int]:
+    """A reading's timestamp as integer epoch nanoseconds (naive ISO 8601 is taken as UTC); None if absent."""
+    if text is None:
+        return None
+    import decimal  # noqa: PLC0415
+    try:
+        return int(decimal.Decimal(text.strip()).scaleb(9).to_integral_value())
+    except (decimal.InvalidOperation, ValueError):
+        pass
+    try:
+        ts = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError("timestamp %r is neither epoch seconds nor ISO 8601" % text) from None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=datetime.timezone.utc)
+    delta = ts - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    return (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+
+
+def influx_line(record: dict, measurement: str = "edge_detector", tags: Optional[Dict[str, str]] = None) -> str:
+    """One event (``event_record``'s dict) as an InfluxDB line-protocol line, without the newline.
+
+    Fields: line (integer), stage1, stage2 (absent where stage 2 did not run: line protocol
+    has no null), is_anomaly and warmup (booleans), top_sensors (a comma-separated string)
+    and contribution_<sensor> per sensor. The reading's timestamp becomes the point's time
+    in nanoseconds (naive times are UTC); without one, the receiver stamps the point.
+    """
+    head = _influx_escape(measurement, ", ")
+    for key in sorted(tags or {}):
+        value = (tags or {})[key]
+        if key and value:
+            head += ",%s=%s" % (_influx_escape(key, ",= "), _influx_escape(value, ",= "))
+    fields = ["line=%di" % record["line"], "stage1=%r" % float(record["stage1"])]
+    if record.get("stage2") is not None:
+        fields.append("stage2=%r" % float(record["stage2"]))
+    fields.append("is_anomaly=%s" % ("true" if record["is_anomaly"] else "false"))
+    fields.append("warmup=%s" % ("true" if record["warmup"] else "false"))
+    if record.get("top_sensors"):
+        text = ",".join(record["top_sensors"]).replace("\r", " ").replace("\n", " ")
+        fields.append('top_sensors="%s"' % text.replace("\\", "\\\\").replace('"', '\\"'))
+    for name, share in (record.get("contributions") or {}).items():
+        fields.append("%s=%r" % (_influx_escape("contribution_" + name, ",= "), float(share)))
+    line = head + " " + ",".join(fields)
+    ns = influx_time_ns(record.get("timestamp"))
+    return line if ns is None else "%s %d" % (line, ns)
+
+
 def parse_timestamp(text: Optional[str]) -> Optional[float]:
     """Seconds: a number is taken as epoch seconds, anything else as ISO 8601."""
     if text is None:
@@ -990,9 +1064,12 @@ class StreamScorer:
     """
 
     def __init__(self, detector: Detector, out, err, alarms_only: bool = False,
-                 policy: StreamPolicy = StreamPolicy()):
+                 policy: StreamPolicy = StreamPolicy(), output_format: str = "jsonl"):
         if policy.missing not in MISSING_POLICIES:
             raise ValueError("missing-value policy %r is not one of %s" % (policy.missing, ", ".join(MISSING_POLICIES)))
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError("output format %r is not one of %s" % (output_format, ", ".join(OUTPUT_FORMATS)))
+        self.output_format = output_format
         self.detector, self.out, self.err, self.alarms_only, self.policy = detector, out, err, alarms_only, policy
         self.stats = {"read": 0, "scored": 0, "rejected": 0, "alarms": 0, "filled": 0, "resets": 0}
         self._last_time: Optional[float] = None
@@ -1005,6 +1082,13 @@ class StreamScorer:
         stream.write(json.dumps(record) + "\n")   # one write per line: never half a line
         stream.flush()
 
+    def _emit_event(self, record: dict) -> None:
+        if self.output_format == "influx":
+            self.out.write(influx_line(record) + "\n")
+            self.out.flush()
+        else:
+            self._emit(self.out, record)
+
     def reject(self, line_no: int, reason: str) -> None:
         self.stats["rejected"] += 1
         self._emit(self.err, {"line": line_no, "error": reason})
@@ -1015,7 +1099,7 @@ class StreamScorer:
         self.stats["scored"] += 1
         self.stats["alarms"] += int(score.is_anomaly)
         if score.is_anomaly or not self.alarms_only:
-            self._emit(self.out, event_record(reading, score, self.detector.sensors))
+            self._emit_event(event_record(reading, score, self.detector.sensors))
 
     def _check_time(self, reading: Reading) -> None:
         t = parse_timestamp(reading.timestamp)
@@ -1136,13 +1220,16 @@ def iter_readings(lines: Iterable[str], sensors: Sequence[str]) -> Iterator[Tupl
 
 
 def run_stream(detector: Detector, lines: Iterable[str], out, err, alarms_only: bool = False,
-               policy: StreamPolicy = StreamPolicy(), stop_on_signals: bool = False) -> Dict[str, int]:
+               policy: StreamPolicy = StreamPolicy(), stop_on_signals: bool = False,
+               output_format: str = "jsonl") -> Dict[str, int]:
     """Score a CSV or JSON Lines stream; events to ``out``, rejected lines to ``err``; returns the counts.
+
+    ``output_format`` is ``jsonl`` (one JSON event per line) or ``influx`` (line protocol).
 
     With ``stop_on_signals``, SIGTERM and SIGINT end the stream cleanly: the current line is
     finished and flushed, and the counts come back as usual.
     """
-    scorer = StreamScorer(detector, out, err, alarms_only, policy)
+    scorer = StreamScorer(detector, out, err, alarms_only, policy, output_format)
     if not stop_on_signals:
         return scorer.run(lines)
     import signal  # noqa: PLC0415
@@ -1167,16 +1254,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--alarms-only", action="store_true")
     parser.add_argument("--missing", default="reject", choices=MISSING_POLICIES)
     parser.add_argument("--gap-factor", type=float, default=10.0)
+    parser.add_argument("--format", default="jsonl", choices=OUTPUT_FORMATS,
+                        help="jsonl: one JSON event per line; influx: InfluxDB line protocol (Telegraf inputs.execd)")
     args = parser.parse_args(argv)
     policy = StreamPolicy(missing=args.missing, gap_factor=args.gap_factor)
     try:
         detector = Detector.load(args.bundle, engine=args.engine, mode=args.mode)
         if args.input == "-":
             stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
-            stats = run_stream(detector, stream, sys.stdout, sys.stderr, args.alarms_only, policy, True)
+            stats = run_stream(detector, stream, sys.stdout, sys.stderr, args.alarms_only, policy, True, args.format)
         else:
             with open(args.input, "r", encoding="utf-8", newline="") as fh:
-                stats = run_stream(detector, fh, sys.stdout, sys.stderr, args.alarms_only, policy, True)
+                stats = run_stream(detector, fh, sys.stdout, sys.stderr, args.alarms_only, policy, True, args.format)
     except (BundleError, InputError, OSError) as exc:
         sys.stderr.write("error: %s\n" % exc)
         return 1

@@ -19,7 +19,7 @@ from edge_detector.export.data import Dataset
 from edge_detector.export.train import TrainedModels, build_autoencoder, import_tf_keras, windows_at
 from edge_detector.runtime import (
     LSTM_LAYERS, MANIFEST, ONNX_FILE, SCHEMA_VERSION, TFLITE_FILE, WEIGHTS, Detector, NumpyStage2, OnnxStage1,
-    TFLiteStage2, batch_features, fold_weights, iforest_score, manifest_digest, reconstruction_error, sha256_file,
+    TFLiteStage2, batch_features, fold_weights, iforest_score, manifest_digest, prepare_forest, reconstruction_error, sha256_file,
     standardize_windows,
 )
 
@@ -160,7 +160,7 @@ def check_parity(models: TrainedModels, data: Dataset, tmp_dir: str, raw: Dict[s
     reference1 = models.stage1(feats)
     onnx = OnnxStage1(os.path.join(tmp_dir, ONNX_FILE), float(meta["iforest_offset"]))
     forest = {k[len("iforest/"):]: v for k, v in raw.items() if k.startswith("iforest/")}
-    for name, got in (("numpy", iforest_score(forest, feats)), ("onnx", onnx(feats))):
+    for name, got in (("numpy", iforest_score(prepare_forest(forest), feats)), ("onnx", onnx(feats))):
         err = np.abs(got - reference1)
         report["stage1_%s_max_abs_error" % name] = float(err.max())
         _log("parity stage 1 %-6s vs sklearn: max abs error %.2e over %d readings" % (name, err.max(), len(feats)),

@@ -18,13 +18,13 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
 from edge_detector import __version__
 from edge_detector.export.data import Dataset
-from edge_detector.runtime import FeatureSpec, batch_features, iforest_score, reconstruction_error, standardize_windows
+from edge_detector.runtime import FeatureSpec, batch_features, reconstruction_error, standardize_windows
 
 KERAS_FILE = "lstm_ae.keras"
 IFOREST_FILE = "iforest.joblib"
@@ -303,8 +303,3 @@ class TrainedModels:
         x = standardize_windows(windows, self.scale)
         recon = self.keras.predict(x, batch_size=256, verbose=0)
         return reconstruction_error(x, recon, int(self.meta["tail"]))[0]
-
-
-def check_forest_packing(forest, packed: Dict[str, np.ndarray], features: np.ndarray) -> float:
-    """Largest absolute difference between sklearn and the packed forest on ``features``."""
-    return float(np.max(np.abs(-forest.score_samples(features) - iforest_score(packed, features))))

@@ -55,3 +55,19 @@ def trained(tmp_path_factory, synthetic):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def numpy_only_python(tmp_path_factory):
+    """The python of a fresh venv holding numpy alone (this session's numpy version), as a gateway has."""
+    import subprocess
+    import venv
+    root = tmp_path_factory.mktemp("numpy-venv") / "v"
+    venv.EnvBuilder(with_pip=True).create(str(root))
+    python = root / "bin" / "python"
+    spec = "numpy==%s" % np.__version__
+    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", spec],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail("could not install %s in a fresh venv: %s" % (spec, proc.stderr[-2000:]))
+    return python

@@ -1,0 +1,137 @@
+"""MQTT bridge: subscribe to a topic of JSON readings, publish events to another topic.
+
+Needs paho-mqtt >= 2 (``pip install 'edge-detector[mqtt]'``), imported only when a bridge
+starts, so the rest of the package (and the device runtime) never needs it.
+
+Each message on the input topic is one JSON reading keyed by sensor name, exactly the JSON
+Lines input of ``detect`` (``{"timestamp": "...", "sensor_1": 51.2, ...}``). The messages go
+through the same ``StreamScorer`` as ``detect``: timestamps that repeat or go back are
+rejected, missing values follow the policy, long gaps reset the window, and an event's
+``line`` is the message's sequence number (1, 2, ...). Events (alarms only by default) are
+published, one per message, to the output topic; rejected messages and notices go to
+stderr as JSON lines (journald under systemd). SIGTERM or SIGINT stop cleanly: the current
+message is finished, outstanding publishes are waited for, and the counts come back.
+"""
+import json
+import os
+import queue
+import sys
+import threading
+from typing import Dict, Optional
+
+from edge_detector.runtime import Detector, InputError, StreamPolicy, StreamScorer, parse_json_line
+
+
+def _paho():
+    try:
+        import paho.mqtt.client as mqtt  # noqa: PLC0415
+    except ImportError:
+        raise RuntimeError("the MQTT bridge needs paho-mqtt: pip install 'edge-detector[mqtt]'") from None
+    if not hasattr(mqtt, "CallbackAPIVersion"):
+        raise RuntimeError("the MQTT bridge needs paho-mqtt >= 2.0: pip install -U paho-mqtt")
+    return mqtt
+
+
+class _Publisher:
+    """A write-only text stream that publishes each complete line as one MQTT message."""
+
+    def __init__(self, client, topic: str, qos: int):
+        self.client, self.topic, self.qos = client, topic, qos
+        self.last = None
+        self.published = 0
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line:
+                self.last = self.client.publish(self.topic, line, qos=self.qos)
+                self.published += 1
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in_topic: str = "sensors/readings",
+               out_topic: str = "sensors/alarms", qos: int = 1, alarms_only: bool = True,
+               policy: StreamPolicy = StreamPolicy(), output_format: str = "jsonl",
+               client_id: Optional[str] = None, username: Optional[str] = None, password: Optional[str] = None,
+               keepalive: int = 60, err=None, stop: Optional[threading.Event] = None,
+               stop_on_signals: bool = True) -> Dict[str, int]:
+    """Run the bridge until SIGTERM/SIGINT (or ``stop`` is set); returns the stream's counts."""
+    mqtt = _paho()
+    err = err if err is not None else sys.stderr
+    stop = stop if stop is not None else threading.Event()
+    inbox: "queue.Queue[bytes]" = queue.Queue()
+    lock = threading.Lock()
+
+    def note(record: dict) -> None:
+        with lock:
+            err.write(json.dumps(record) + "\n")
+            err.flush()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "edge-detector-%d" % os.getpid())
+    if username:
+        client.username_pw_set(username, password)
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            note({"notice": "MQTT connection to %s:%d refused: %s" % (host, port, reason_code)})
+            return
+        client.subscribe(in_topic, qos=qos)
+
+    def on_subscribe(client, userdata, mid, reason_codes, properties):
+        note({"notice": "connected to %s:%d, subscribed to %s, publishing to %s" % (host, port, in_topic, out_topic)})
+
+    def on_disconnect(client, userdata, flags, reason_code, properties):
+        if not stop.is_set():
+            note({"notice": "MQTT disconnected (%s); reconnecting" % reason_code})
+
+    def on_message(client, userdata, message):
+        inbox.put(message.payload)
+
+    client.on_connect, client.on_subscribe = on_connect, on_subscribe
+    client.on_disconnect, client.on_message = on_disconnect, on_message
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    client.connect(host, port, keepalive)
+    client.loop_start()
+
+    scorer = StreamScorer(detector, _Publisher(client, out_topic, qos), err, alarms_only, policy, output_format)
+    previous = {}
+    if stop_on_signals:
+        import signal  # noqa: PLC0415
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+    n = 0
+    try:
+        while not stop.is_set():
+            try:
+                payload = inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            n += 1
+            try:
+                # one message is one reading, whatever its line breaks
+                text = payload.decode("utf-8").replace("\r", " ").replace("\n", " ")
+                reading = parse_json_line(text, detector.sensors, n)
+            except (UnicodeDecodeError, InputError) as exc:
+                scorer.feed(n, None, str(exc))
+                continue
+            scorer.feed(n, reading, None)
+        scorer.flush_pending()
+    finally:
+        stop.set()
+        if stop_on_signals:
+            import signal  # noqa: PLC0415
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        last = scorer.out.last
+        if last is not None:
+            try:
+                last.wait_for_publish(timeout=10)
+            except (RuntimeError, ValueError):
+                pass
+        client.disconnect()
+        client.loop_stop()
+    counts = dict(scorer.stats)
+    counts["published"] = scorer.out.published
+    return counts

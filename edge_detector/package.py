@@ -1,0 +1,166 @@
+"""``edge-detector package``: one self-contained archive for a gateway.
+
+The archive holds a single top-level folder named after the archive (``gateway.tar.gz`` ->
+``gateway/``) with:
+
+- ``bundle/``      the verified bundle (manifest, weights, TFLite, ONNX);
+- ``runtime.py``   the single-file NumPy runtime (``python3 runtime.py bundle/ < readings.csv``);
+- ``run.sh``       a POSIX shell wrapper that checks Python and NumPy, then runs the runtime;
+- ``README.md``    how to use it on the device;
+- ``SHA256SUMS``   checksums of every other file (``sha256sum -c SHA256SUMS``).
+
+The device needs Python >= 3.9 and NumPy >= 1.24, nothing else. The archive is written to
+a temporary file beside ``out`` and renamed into place, so an interrupted run leaves no
+half-written archive under the final name.
+"""
+import hashlib
+import io
+import os
+import tarfile
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+from edge_detector import runtime as runtime_module
+from edge_detector.runtime import MANIFEST, Detector
+
+RUN_SH = r"""#!/bin/sh
+# edge-detector gateway runner: scores CSV or JSON Lines readings with the bundle beside it.
+#   ./run.sh < readings.csv > events.jsonl
+#   ./run.sh readings.csv --alarms-only
+#   ./run.sh --format influx < readings.csv        # InfluxDB line protocol (Telegraf inputs.execd)
+# PYTHON selects the interpreter (default: python3). Every argument goes to runtime.py.
+set -eu
+here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' 2>/dev/null; then
+    echo "run.sh: $python is missing or older than Python 3.9" >&2
+    exit 1
+fi
+if ! "$python" -c 'import sys, numpy; v = tuple(int(p) for p in numpy.__version__.split(".")[:2]); sys.exit(0 if v >= (1, 24) else 1)' 2>/dev/null; then
+    echo "run.sh: $python needs numpy >= 1.24 (Debian/Raspberry Pi OS: apt install python3-numpy; else pip install numpy)" >&2
+    exit 1
+fi
+PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED
+exec "$python" "$here/runtime.py" "$here/bundle" "$@"
+"""
+
+DEVICE_README = """# edge-detector for this gateway
+
+Packaged {created} by edge-detector {version}. Sensors, in order: {sensors}.
+Window W = {window} readings (the first {warmup} readings of a stream are warm-up).
+
+Needs Python >= 3.9 and NumPy >= 1.24 (Raspberry Pi OS / Debian bookworm:
+`sudo apt install python3-numpy`), nothing else.
+
+## Check the files
+
+```sh
+sha256sum -c SHA256SUMS
+```
+
+## Run it
+
+```sh
+./run.sh < readings.csv > events.jsonl             # one JSON event per reading on stdout
+./run.sh readings.csv --alarms-only                # anomalies only
+./run.sh --format influx < readings.csv            # InfluxDB line protocol, for Telegraf inputs.execd
+python3 runtime.py bundle/ < readings.csv          # the same without the wrapper
+python3 runtime.py --help                          # every option
+```
+
+Input is CSV with a header naming the sensors ({sensors}; a timestamp column is
+recognised) or JSON Lines objects keyed by sensor name. Rejected lines go to stderr as
+`{{"line": N, "error": "..."}}`; the counts go to stderr at the end. SIGTERM or SIGINT
+finish the current line and exit 0. Every output line is flushed as it is written.
+
+## From a script
+
+```python
+import sys
+sys.path.insert(0, "/path/to/this/folder")
+from runtime import Detector
+
+detector = Detector.load("/path/to/this/folder/bundle")
+result = detector.score_one([{example}])
+if result.is_anomaly:
+    print(result.stage2, result.contributions)
+```
+
+`Detector.load` verifies the sha256 of every bundle file against `bundle/manifest.json`.
+"""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def package_members(bundle: str) -> Dict[str, bytes]:
+    """The archive's files (relative path -> bytes), after checking that the bundle loads."""
+    detector = Detector.load(bundle)                      # verifies schema, checksums and shapes
+    files: Dict[str, bytes] = {}
+    for name in sorted(os.listdir(bundle)):
+        path = os.path.join(bundle, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as fh:
+                files["bundle/" + name] = fh.read()
+    if "bundle/" + MANIFEST not in files:
+        raise ValueError("%s has no %s" % (bundle, MANIFEST))
+    with open(runtime_module.__file__, "rb") as fh:
+        files["runtime.py"] = fh.read()
+    files["run.sh"] = RUN_SH.encode()
+    from edge_detector import __version__  # noqa: PLC0415
+    files["README.md"] = DEVICE_README.format(
+        created=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), version=__version__,
+        sensors=", ".join(detector.sensors), window=detector.window, warmup=detector.warmup,
+        example=", ".join("0.0" for _ in detector.sensors)).encode()
+    files["SHA256SUMS"] = "".join("%s  %s\n" % (_sha256(data), name) for name, data in sorted(files.items())).encode()
+    return files
+
+
+def build_package(bundle: str, out: str, prefix: Optional[str] = None) -> List[str]:
+    """Write the gateway archive ``out`` (.tar.gz); returns the member names.
+
+    ``prefix`` is the top-level folder inside the archive (default: the archive's name
+    without .tar.gz / .tgz).
+    """
+    if not os.path.isdir(bundle):
+        raise FileNotFoundError("%s: no such bundle folder" % bundle)
+    if prefix is None:
+        base = os.path.basename(out)
+        for suffix in (".tar.gz", ".tgz"):
+            if base.endswith(suffix):
+                base = base[: -len(suffix)]
+                break
+        prefix = base or "gateway"
+    files = package_members(bundle)
+    out_dir = os.path.dirname(os.path.abspath(out))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(out), suffix=".tmp", dir=out_dir)
+    now = int(time.time())
+    names = []
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            with tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+                dirs = sorted({prefix} | {prefix + "/" + os.path.dirname(n) for n in files if "/" in n})
+                for d in dirs:
+                    info = tarfile.TarInfo(d)
+                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
+                    tar.addfile(info)
+                    names.append(d)
+                for name, data in sorted(files.items()):
+                    info = tarfile.TarInfo(prefix + "/" + name)
+                    info.size, info.mtime = len(data), now
+                    info.mode = 0o755 if name == "run.sh" else 0o644
+                    tar.addfile(info, io.BytesIO(data))
+                    names.append(info.name)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return names
