@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edge_detector.runtime import (ONNX_FILE, TFLITE_FILE, WEIGHTS, Detector, batch_features,
-                                   engine_available, load_manifest, reconstruction_error, standardize_windows)
+                                   engine_available, load_manifest, stage2_scores, standardize_windows)
 
 __all__ = ["ENGINES", "BATCH_SIZES", "run_bench", "format_table", "write_markdown", "write_plots"]
 
@@ -272,17 +272,18 @@ if engine == "original":
     forest = joblib.load(os.path.join(args["model_dir"], "iforest.joblib"))
     keras = tf_keras.models.load_model(os.path.join(args["model_dir"], "lstm_ae.keras"), compile=False)
     spec, scale, tail = rt.FeatureSpec.from_dict(meta["feature_spec"]), np.asarray(meta["scale"]), int(meta["tail"])
+    clip = float(meta["clip"])
     stage1 = lambda f: -forest.score_samples(f)
     stage2 = lambda x: keras.predict(x, batch_size=256, verbose=0)
 else:
     det = rt.Detector.load(args["bundle"], engine=engine, threads=args["threads"] or None)
-    spec, scale, tail, stage1, stage2 = det.spec, det.scale, det.tail, det.stage1, det.stage2
+    spec, scale, tail, clip, stage1, stage2 = det.spec, det.scale, det.tail, det.clip, det.stage1, det.stage2
 t_load = time.perf_counter()
 out["rss_init_bytes"] = rss()
 window = np.asarray(args["window"], dtype=np.float64)
 s1 = stage1(rt.batch_features(window, spec)[-1:])
 x = rt.standardize_windows(window[None], scale)
-s2, _ = rt.reconstruction_error(x, stage2(x), tail)
+s2, _ = rt.stage2_scores(x, stage2, tail, clip)
 t_first = time.perf_counter()
 out["rss_cold_bytes"] = rss()
 import resource
@@ -458,9 +459,8 @@ def _windows(values: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
     return np.ascontiguousarray(view[ends - window + 1].transpose(0, 2, 1))      # [len(ends), W, s]
 
 
-def _stage2_scores(stage2: Callable, x: np.ndarray, tail: int, chunk: int = 256) -> np.ndarray:
-    return np.concatenate([reconstruction_error(x[i:i + chunk], stage2(x[i:i + chunk]), tail)[0]
-                           for i in range(0, len(x), chunk)])
+def _stage2_scores(stage2: Callable, x: np.ndarray, tail: int, clip: float, chunk: int = 256) -> np.ndarray:
+    return np.concatenate([stage2_scores(x[i:i + chunk], stage2, tail, clip)[0] for i in range(0, len(x), chunk)])
 
 
 def _stream(det: Detector, values: np.ndarray, prime_from: int, start: int, limit: Optional[int]) -> dict:
@@ -737,7 +737,7 @@ def run_bench(bundle: str, data_csv: str, engines: Sequence[str] = ENGINES, thre
 
             _log(progress, "    accuracy inputs: %d feature rows, %d windows" % (len(feats), len(x_test)))
             s1_scores[e] = np.asarray(stage1(feats), dtype=np.float64)
-            s2_scores[e] = _stage2_scores(stage2, x_test, tail)
+            s2_scores[e] = _stage2_scores(stage2, x_test, tail, probe.clip)
             decisions[e] = {}
             for mode in ("hybrid", "lstm"):
                 results = make(mode).score(values[prime_from:])[start - prime_from:]

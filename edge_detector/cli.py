@@ -339,7 +339,7 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
     counts = run_bridge(detector, host=host, port=port, in_topic=in_topic, out_topic=out_topic, qos=qos,
                         alarms_only=not all_events, policy=StreamPolicy(missing=missing, gap_factor=gap_factor),
                         output_format=output_format, client_id=client_id, username=username,
-                        password=os.environ.get("MQTT_PASSWORD"), err=click.get_text_stream("stderr"))
+                        password=os.environ.get("MQTT_PASSWORD"), err=sys.stderr)
     _echo_err(json.dumps({"stats": counts}))
 
 

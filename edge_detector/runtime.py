@@ -367,6 +367,18 @@ def reconstruction_error(x: np.ndarray, recon: np.ndarray, tail: int) -> Tuple[n
     return score, shares
 
 
+def stage2_scores(x: np.ndarray, reconstruct, tail: int, clip: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Stage-2 scores of standardized windows through an engine's ``reconstruct``.
+
+    The autoencoder sees the windows clipped to +-clip (in training scales): far outside
+    the training range an LSTM can turn chaotic, amplifying float32 rounding tenfold per
+    step, so engines that agree to 1e-6 on normal windows drifted 5% apart on a collective
+    drift. The error is measured against the unclipped window, so a spike keeps its full
+    size in the score. [batch, time, sensors] -> score [batch], shares [batch, sensors]
+    """
+    return reconstruction_error(x, reconstruct(np.clip(x, -clip, clip)), tail)
+
+
 # --------------------------------------------------------------------------------------
 # 4. Engines: who computes stage 1 and stage 2.
 # --------------------------------------------------------------------------------------
@@ -513,7 +525,8 @@ def load_manifest(path: str) -> dict:
     if version != SCHEMA_VERSION:
         raise BundleError("bundle %r: field 'schema_version' is %r, this runtime reads %d"
                           % (path, version, SCHEMA_VERSION))
-    for field in ("sensors", "feature_spec", "window", "scale", "thresholds", "files", "tail", "manifest_sha256"):
+    for field in ("sensors", "feature_spec", "window", "scale", "clip", "thresholds", "files", "tail",
+                  "manifest_sha256"):
         if field not in manifest:
             raise BundleError("bundle %r: %s has no field %r" % (path, MANIFEST, field))
     if manifest["manifest_sha256"] != manifest_digest(manifest):
@@ -615,6 +628,7 @@ class Detector:
         self.window = int(manifest["window"])
         self.tail = int(manifest["tail"])
         self.scale = np.asarray(manifest["scale"], dtype=np.float64)
+        self.clip = float(manifest["clip"])
         t = manifest["thresholds"]
         self.tau1, self.tau2, self.tau_iforest = float(t["tau1"]), float(t["tau2"]), float(t["iforest"])
         self.warmup = max(self.window, self.spec.history)
@@ -676,8 +690,7 @@ class Detector:
         return x
 
     def _stage2_windows(self, windows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        x = standardize_windows(windows, self.scale)
-        return reconstruction_error(x, self.stage2(x), self.tail)
+        return stage2_scores(standardize_windows(windows, self.scale), self.stage2, self.tail, self.clip)
 
     def _verdict(self, s1: float, s2: Optional[float], shares: Optional[np.ndarray], warm: bool) -> Score:
         if warm:

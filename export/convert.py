@@ -19,8 +19,8 @@ from edge_detector.export.data import Dataset
 from edge_detector.export.train import TrainedModels, build_autoencoder, import_tf_keras, windows_at
 from edge_detector.runtime import (
     LSTM_LAYERS, MANIFEST, ONNX_FILE, SCHEMA_VERSION, TFLITE_FILE, WEIGHTS, Detector, NumpyStage2, OnnxStage1,
-    TFLiteStage2, batch_features, fold_weights, iforest_score, manifest_digest, prepare_forest, reconstruction_error, sha256_file,
-    standardize_windows,
+    TFLiteStage2, batch_features, fold_weights, iforest_score, manifest_digest, prepare_forest, sha256_file,
+    stage2_scores, standardize_windows,
 )
 
 ONNX_TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
@@ -136,7 +136,7 @@ def check_parity(models: TrainedModels, data: Dataset, tmp_dir: str, raw: Dict[s
                  progress: Optional[Callable[[str], None]] = print) -> dict:
     """Every engine against the originals; raises ParityError on a miss."""
     meta = models.meta
-    W, tail = int(meta["window"]), int(meta["tail"])
+    W, tail, clip = int(meta["window"]), int(meta["tail"]), float(meta["clip"])
     values = np.asarray(data.values, dtype=np.float64)
     n = values.shape[0]
     count = min(max(PARITY_WINDOWS, 1), n - W + 1)
@@ -148,7 +148,7 @@ def check_parity(models: TrainedModels, data: Dataset, tmp_dir: str, raw: Dict[s
     report = {"stage2_windows": int(count)}
     engines = {"numpy": NumpyStage2(fold_weights(raw)), "tflite": TFLiteStage2(os.path.join(tmp_dir, TFLITE_FILE))}
     for name, engine in engines.items():
-        got = np.concatenate([reconstruction_error(x[i:i + 1], engine(x[i:i + 1]), tail)[0] for i in range(count)])
+        got = np.concatenate([stage2_scores(x[i:i + 1], engine, tail, clip)[0] for i in range(count)])
         err = _rel_error(got, reference)
         report["stage2_%s_max_rel_error" % name] = float(err.max())
         _log("parity stage 2 %-6s vs Keras : max rel error %.2e over %d consecutive windows"
@@ -204,6 +204,7 @@ def export_bundle(model_dir: str, data: Dataset, out_dir: str, progress: Optiona
             "feature_spec": meta["feature_spec"],
             "window": meta["window"],
             "tail": meta["tail"],
+            "clip": meta["clip"],
             "scale": meta["scale"],
             "thresholds": {k: meta["thresholds"][k] for k in ("tau1", "tau2", "iforest")},
             "iforest_offset": meta["iforest_offset"],

@@ -2,7 +2,7 @@
 
 Everything the device computes, training computes with the device's own code: features
 come from ``runtime.batch_features``, windows from ``runtime.standardize_windows``, and the
-stage-2 score from ``runtime.reconstruction_error``.
+stage-2 score from ``runtime.stage2_scores``.
 
 Split (chronological, no shuffling across time):
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from edge_detector import __version__
 from edge_detector.export.data import Dataset
-from edge_detector.runtime import FeatureSpec, batch_features, reconstruction_error, standardize_windows
+from edge_detector.runtime import FeatureSpec, batch_features, stage2_scores, standardize_windows
 
 KERAS_FILE = "lstm_ae.keras"
 IFOREST_FILE = "iforest.joblib"
@@ -38,6 +38,7 @@ class TrainConfig:
     seed: int = 42
     window: int = 50                 # W: readings per stage-2 window
     tail: int = 1                    # newest steps of a window that make its stage-2 score
+    input_clip: float = 5.0          # the autoencoder sees standardized windows clipped to +-this
     lstm_units: Tuple[int, int] = (64, 32)
     bottleneck: int = 16
     dropout: float = 0.1
@@ -212,11 +213,12 @@ def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None,
     model.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss="mse")
     _log("stage 2: LSTM AE on %d fit windows, %d calibration windows (W=%d)" % (len(x_fit), len(x_cal), W), progress)
     stop = tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
-    history = model.fit(x_fit, x_fit, validation_data=(x_cal, x_cal), epochs=config.epochs,
+    c = config.input_clip
+    x_fit, x_cal_in = np.clip(x_fit, -c, c), np.clip(x_cal, -c, c)
+    history = model.fit(x_fit, x_fit, validation_data=(x_cal_in, x_cal_in), epochs=config.epochs,
                         batch_size=config.batch_size, shuffle=True, callbacks=[stop],
                         verbose=2 if progress is not None else 0)
-    recon = model.predict(x_cal, batch_size=256, verbose=0)
-    s2_cal, _ = reconstruction_error(x_cal, recon, config.tail)
+    s2_cal, _ = stage2_scores(x_cal, lambda v: model.predict(v, batch_size=256, verbose=0), config.tail, c)
     tau2 = float(np.quantile(s2_cal, config.tau2_quantile))
     _log("stage 2: tau2=%.4f (q%.3f of %d normal windows)" % (tau2, config.tau2_quantile, len(s2_cal)), progress)
 
@@ -227,6 +229,7 @@ def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None,
         "feature_spec": spec.to_dict(),
         "window": W,
         "tail": config.tail,
+        "clip": config.input_clip,
         "scale": scale.tolist(),
         "thresholds": {"tau1": tau1, "tau2": tau2, "iforest": tau_iforest, "lof": tau_lof},
         "iforest_offset": float(forest.offset_),
@@ -301,5 +304,5 @@ class TrainedModels:
     def stage2(self, windows: np.ndarray) -> np.ndarray:
         """Stage-2 scores of raw windows [b, W, sensors] through Keras."""
         x = standardize_windows(windows, self.scale)
-        recon = self.keras.predict(x, batch_size=256, verbose=0)
-        return reconstruction_error(x, recon, int(self.meta["tail"]))[0]
+        predict = lambda v: self.keras.predict(v, batch_size=256, verbose=0)  # noqa: E731
+        return stage2_scores(x, predict, int(self.meta["tail"]), float(self.meta["clip"]))[0]
