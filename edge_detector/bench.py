@@ -610,7 +610,7 @@ def run_bench(bundle: str, data_csv: str, engines: Sequence[str] = ENGINES, thre
     labels = data.labels[start:] if data.labels is not None else None
     feats = batch_features(values, probe.spec)[start:]                       # [test, F], float64
     x_test = standardize_windows(_windows(values, test_rows, W), probe.scale)  # [test, W, s], float32
-    n_trees = int(probe.stage1.forest["feature"].shape[0]) if hasattr(probe.stage1, "forest") else None
+    n_trees = int(probe.stage1.forest["roots"].size) if hasattr(probe.stage1, "forest") else None
 
     # Which engines can run here
     for e in engines:
