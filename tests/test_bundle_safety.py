@@ -115,3 +115,19 @@ def test_an_interrupted_export_leaves_no_bundle(trained, synthetic, tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         convert.export_bundle(str(model_dir), load_csv(str(csv_path)), str(tmp_path / "b"), progress=None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_training_leaves_no_model(synthetic, tmp_path, monkeypatch):
+    import joblib
+
+    from edge_detector.export.data import load_csv
+    from edge_detector.export.train import train
+    from tests.conftest import tiny_config
+    _, csv_path = synthetic
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(joblib, "dump", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train(load_csv(str(csv_path)), str(tmp_path / "model"), tiny_config(epochs=1), progress=None)
+    assert list(tmp_path.iterdir()) == []
