@@ -123,6 +123,8 @@ def _features_from_history(hist: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     cols += [hist[..., -w:].max(axis=-1) - level for w in spec.windows] if "max" in on else []
     cols += [level - hist[..., -w:].min(axis=-1) for w in spec.windows] if "min" in on else []
     cols += [x - hist[..., -1 - k] for k in spec.lags] if "diff" in on else []
+    if not cols:
+        raise ValueError("feature spec %r yields no features (\"mean\" needs two windows or more)" % (spec,))
     out = np.stack(cols, axis=-1)                      # [..., sensors, per_sensor]
     return out.reshape(out.shape[:-2] + (-1,))         # [..., sensors * per_sensor]
 
