@@ -4,7 +4,6 @@ import os
 import shutil
 import subprocess
 import sys
-import venv
 
 import numpy as np
 import pytest
@@ -30,20 +29,7 @@ print(json.dumps({"stage1": [s.stage1 for s in scores],
 """
 
 
-@pytest.fixture(scope="module")
-def numpy_venv(tmp_path_factory):
-    root = tmp_path_factory.mktemp("venv") / "v"
-    venv.EnvBuilder(with_pip=True).create(str(root))
-    python = root / "bin" / "python"
-    spec = "numpy==%s" % np.__version__
-    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", spec],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail("could not install %s in a fresh venv: %s" % (spec, proc.stderr[-2000:]))
-    return python
-
-
-def test_runtime_runs_with_numpy_alone(numpy_venv, trained, synthetic, tmp_path):
+def test_runtime_runs_with_numpy_alone(numpy_only_python, trained, synthetic, tmp_path):
     import edge_detector.runtime as runtime_module
     _, bundle = trained
     data, csv_path = synthetic
@@ -55,7 +41,7 @@ def test_runtime_runs_with_numpy_alone(numpy_venv, trained, synthetic, tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
 
     # the library form
-    out = subprocess.run([str(numpy_venv), "-I", "-c", PROBE], cwd=work, capture_output=True, text=True, env=env)
+    out = subprocess.run([str(numpy_only_python), "-I", "-c", PROBE], cwd=work, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert got["third_party"] == []
@@ -67,7 +53,7 @@ def test_runtime_runs_with_numpy_alone(numpy_venv, trained, synthetic, tmp_path)
 
     # the script form: python runtime.py bundle/ < readings.csv
     with open(work / "readings.csv", "rb") as stdin:
-        script = subprocess.run([str(numpy_venv), "runtime.py", "bundle"], cwd=work, stdin=stdin,
+        script = subprocess.run([str(numpy_only_python), "runtime.py", "bundle"], cwd=work, stdin=stdin,
                                 capture_output=True, text=True, env=env)
     assert script.returncode == 0, script.stderr
     events = [json.loads(line) for line in script.stdout.splitlines()]
