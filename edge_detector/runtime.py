@@ -14,14 +14,16 @@ It imports NumPy and the standard library only (the TFLite and ONNX engines impo
 their runtimes lazily, inside functions), and it keeps to Python 3.9 syntax and
 NumPy 1.24 APIs so that Raspberry Pi OS and older Jetson images can run it.
 
-A reading flows top to bottom through this file:
+A reading's path, with the section of this file that holds each step:
 
-1. CSV / JSON line  -> ``parse_header`` / ``parse_csv_line`` -> sensor vector
-2. sensor vector    -> ``FeatureState.update``               -> feature vector   (stage 1 input)
-3. feature vector   -> ``iforest_score``                     -> stage-1 score, screened against tau1
-4. last W readings  -> ``standardize_windows`` -> ``lstm_ae_forward`` -> ``reconstruction_error``
-                                                             -> stage-2 score, compared with tau2
-5. ``Detector.score_one`` wraps 2-4 into a ``Score``; ``event_record`` turns it into a JSON event.
+1. CSV / JSON line  -> ``StreamScorer.feed`` via ``parse_csv_line`` / ``parse_json_line``
+                       (7: readings in, events out)                -> sensor vector or a rejection
+2. sensor vector    -> ``FeatureState.update`` (1: features)        -> feature vector (stage 1 input)
+3. feature vector   -> ``iforest_score`` (2: stage 1)               -> stage-1 score, screened against tau1
+4. last W readings  -> ``standardize_windows`` -> ``stage2_scores`` (clip, ``lstm_ae_forward``,
+                       ``reconstruction_error``; 3: stage 2)        -> stage-2 score, compared with tau2
+5. ``Detector.score_one`` (6) wraps 2-4 into a ``Score``; ``event_record`` (7) turns it into a JSON event.
+   Engines (4) swap who computes stages 1 and 2; the bundle (5) is verified before anything loads.
 
 Scores everywhere: higher = more anomalous.
 """
