@@ -95,10 +95,12 @@ def with_data_options(fn):
 @click.option("--seed", default=42, show_default=True, help="Seed for every model.")
 @click.option("--window", default=50, show_default=True, help="Stage-2 window length W, in readings.")
 @click.option("--epochs", default=30, show_default=True, help="Most LSTM epochs (early stopping ends sooner).")
-@click.option("--screen-share", default=0.10, show_default=True,
+@click.option("--screen-share", default=0.08, show_default=True,
               help="Share of normal readings that stage 1 passes to stage 2.")
+@click.option("--train-fraction", default=0.8, show_default=True,
+              help="Leading share of rows used for training (its last 15% calibrates); the rest is the test split.")
 @library_errors
-def train(data, out, sensors, label_col, timestamp_col, seed, window, epochs, screen_share):
+def train(data, out, sensors, label_col, timestamp_col, seed, window, epochs, screen_share, train_fraction):
     """Train IsolationForest, LSTM autoencoder and LOF, and calibrate thresholds on normal data.
 
     Uses a GPU when TensorFlow sees one. Saves Keras (native format), scikit-learn (joblib),
@@ -111,7 +113,8 @@ def train(data, out, sensors, label_col, timestamp_col, seed, window, epochs, sc
     _require_train_extra()
     from edge_detector.export.train import TrainConfig, train as fit  # noqa: PLC0415
     dataset = _load(data, sensors, label_col, timestamp_col)
-    config = TrainConfig(seed=seed, window=window, epochs=epochs, screen_share=screen_share)
+    config = TrainConfig(seed=seed, window=window, epochs=epochs, screen_share=screen_share,
+                         train_fraction=train_fraction)
     fit(dataset, out, config, progress=_echo_err, source=data)
     click.echo("model written to %s" % out)
 

@@ -177,6 +177,10 @@ def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None,
     fit_rows = np.arange(spec.history - 1, fit_end)
     clean_rows = window_ends(normal, 0, fit_end, spec.history)
     cal_rows = fit_end + np.flatnonzero(normal[fit_end:train_end])
+    if cal_rows.size < 20:
+        raise ValueError("the calibration part (rows %d-%d, the end of the training split) holds %d normal readings; "
+                         "thresholds need at least 20: choose a train fraction whose end is normal data"
+                         % (fit_end, train_end - 1, cal_rows.size))
     _log("features: %d columns; fit rows %d, calibration rows %d" % (feats.shape[1], fit_rows.size, cal_rows.size),
          progress)
 
@@ -206,6 +210,10 @@ def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None,
     W = config.window
     fit_ends = window_ends(normal, 0, fit_end, W, config.stride)
     cal_ends = window_ends(normal, fit_end, train_end, W, 1)
+    if cal_ends.size < 10:
+        raise ValueError("the calibration part (rows %d-%d) holds %d normal windows of %d readings; tau2 needs at "
+                         "least 10: use a shorter window or a larger train fraction" % (fit_end, train_end - 1,
+                                                                                        cal_ends.size, W))
     scale = window_scale(values, fit_ends, W)
     x_fit = standardize_windows(windows_at(values, fit_ends, W), scale)
     x_cal = standardize_windows(windows_at(values, cal_ends, W), scale)

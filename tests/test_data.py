@@ -90,3 +90,13 @@ def test_loader_errors_name_the_problem(tmp_path):
     path.write_text("a,b\n1,2\n3,oops\n")
     with pytest.raises(InputError, match="line 3.*'oops' is not a number"):
         load_csv(str(path))
+
+
+def test_training_refuses_a_split_whose_calibration_part_is_anomalous():
+    pytest.importorskip("sklearn")
+    from edge_detector.export.train import TrainConfig, train
+    d = generate(n=2000, seed=4)
+    labels = d.labels.copy()
+    labels[1300:1700] = True                        # the calibration part (rows 1360-1599) is all anomalous
+    with pytest.raises(ValueError, match="calibration part .* holds 0 normal readings"):
+        train(d._replace(labels=labels), "unused", TrainConfig(), progress=None)
