@@ -137,14 +137,15 @@ def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col):
     """
     _require_train_extra()
     from edge_detector.export.convert import export_bundle  # noqa: PLC0415
-    if data is None:
-        with open(os.path.join(model_dir, "model.json")) as fh:
-            data = json.load(fh).get("training_data", {}).get("path")
-        if not data or not os.path.isfile(data):
-            raise click.ClickException("pass --data: the training CSV is needed for the parity checks")
-    with open(os.path.join(model_dir, "model.json")) as fh:
-        names = json.load(fh)["sensors"]
-    dataset = _load(data, sensors or ",".join(names), label_col, timestamp_col)
+    meta_path = os.path.join(model_dir, "model.json")
+    if not os.path.isfile(meta_path):
+        raise click.ClickException("%s is not a model folder: model.json is missing" % model_dir)
+    with open(meta_path) as fh:
+        meta = json.load(fh)
+    data = data or meta.get("training_data", {}).get("path")
+    if not data or not os.path.isfile(data):
+        raise click.ClickException("pass --data: the training CSV is needed for the parity checks")
+    dataset = _load(data, sensors or ",".join(meta["sensors"]), label_col, timestamp_col)
     export_bundle(model_dir, dataset, out, progress=_echo_err)
     click.echo("bundle written to %s" % out)
 
