@@ -33,6 +33,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+# the model folder's layout and the window cutter come from training; that module imports
+# numpy and the runtime only at load time, so the bench stays importable without the train extra
+from edge_detector.export.train import IFOREST_FILE, KERAS_FILE, MODEL_JSON, windows_at
 from edge_detector.runtime import (ONNX_FILE, TFLITE_FILE, WEIGHTS, Detector, batch_features,
                                    engine_available, load_manifest, stage2_scores, standardize_windows)
 
@@ -45,9 +48,6 @@ PERCENTILES = (50, 90, 95, 99)
 STAT_KEYS = ("mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")
 ORIGINAL_STREAM_LIMIT = 500          # readings the originals stream per mode (Keras predict is ~30 ms a call)
 MIN_RUNS = 3
-KERAS_FILE = "lstm_ae.keras"         # the model folder's files (as in edge_detector.export.train)
-IFOREST_FILE = "iforest.joblib"
-MODEL_JSON = "model.json"
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
               "NUMEXPR_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 
@@ -454,11 +454,6 @@ def _file_sizes(bundle: str, model_dir: Optional[str], engine: str) -> Dict[str,
             if folder and os.path.isfile(os.path.join(folder, name))}
 
 
-def _windows(values: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
-    view = np.lib.stride_tricks.sliding_window_view(values, window, axis=0)      # [n-W+1, s, W]
-    return np.ascontiguousarray(view[ends - window + 1].transpose(0, 2, 1))      # [len(ends), W, s]
-
-
 def _stage2_scores(stage2: Callable, x: np.ndarray, tail: int, clip: float, chunk: int = 256) -> np.ndarray:
     return np.concatenate([stage2_scores(x[i:i + chunk], stage2, tail, clip)[0] for i in range(0, len(x), chunk)])
 
@@ -609,7 +604,7 @@ def run_bench(bundle: str, data_csv: str, engines: Sequence[str] = ENGINES, thre
     test_rows = np.arange(start, n)
     labels = data.labels[start:] if data.labels is not None else None
     feats = batch_features(values, probe.spec)[start:]                       # [test, F], float64
-    x_test = standardize_windows(_windows(values, test_rows, W), probe.scale)  # [test, W, s], float32
+    x_test = standardize_windows(windows_at(values, test_rows, W), probe.scale)  # [test, W, s], float32
     n_trees = int(probe.stage1.forest["roots"].size) if hasattr(probe.stage1, "forest") else None
 
     # Which engines can run here

@@ -27,8 +27,10 @@ A reading's path, with the section of this file that holds each step:
 
 Scores everywhere: higher = more anomalous.
 """
+import collections
 import csv
 import datetime
+import decimal
 import hashlib
 import io
 import itertools
@@ -53,6 +55,12 @@ ONNX_FILE = "iforest.onnx"
 ENGINES = ("numpy", "tflite", "onnx", "auto")
 MODES = ("hybrid", "lstm", "iforest")
 MAX_ABS_VALUE = 1e100      # beyond this the rolling variances overflow float64: such a value is garbage
+
+
+def check_choice(what: str, value: str, choices: Sequence[str]) -> None:
+    """Refuse a value outside its choices with a ValueError that names both."""
+    if value not in choices:
+        raise ValueError("%s %r is not one of %s" % (what, value, ", ".join(choices)))
 
 
 class BundleError(ValueError):
@@ -621,10 +629,8 @@ class Detector:
 
     def __init__(self, manifest: dict, raw_weights: Dict[str, np.ndarray], engine: str = "numpy",
                  mode: str = "hybrid", bundle_dir: Optional[str] = None, threads: Optional[int] = None):
-        if engine not in ENGINES:
-            raise ValueError("engine %r is not one of %s" % (engine, ", ".join(ENGINES)))
-        if mode not in MODES:
-            raise ValueError("mode %r is not one of %s" % (mode, ", ".join(MODES)))
+        check_choice("engine", engine, ENGINES)
+        check_choice("mode", mode, MODES)
         self.manifest = manifest
         self.mode = mode
         self.sensors: List[str] = list(manifest["sensors"])
@@ -665,10 +671,8 @@ class Detector:
     @classmethod
     def load(cls, path: str, engine: str = "numpy", mode: str = "hybrid", threads: Optional[int] = None) -> "Detector":
         """Load a bundle directory, verifying its manifest and checksums first."""
-        if engine not in ENGINES:
-            raise ValueError("engine %r is not one of %s" % (engine, ", ".join(ENGINES)))
-        if mode not in MODES:
-            raise ValueError("mode %r is not one of %s" % (mode, ", ".join(MODES)))
+        check_choice("engine", engine, ENGINES)
+        check_choice("mode", mode, MODES)
         manifest, raw = load_bundle(path)
         try:
             return cls(manifest, raw, engine=engine, mode=mode, bundle_dir=path, threads=threads)
@@ -996,15 +1000,22 @@ def _influx_escape(text: str, specials: str) -> str:
     return text
 
 
-def influx_time_ns(text: Optional[str]) -> Optional[int]:
-    """A reading's timestamp as integer epoch nanoseconds (naive ISO 8601 is taken as UTC); None if absent."""
+def timestamp_ns(text: Optional[str]) -> Optional[int]:
+    """A reading's timestamp as integer epoch nanoseconds; None if absent.
+
+    A number is epoch seconds (kept exact through Decimal); anything else is ISO 8601, and a
+    naive time is taken as UTC, so a local DST change never makes time run backwards.
+    """
     if text is None:
         return None
-    import decimal  # noqa: PLC0415
     try:
-        return int(decimal.Decimal(text.strip()).scaleb(9).to_integral_value())
-    except (decimal.InvalidOperation, ValueError):
-        pass
+        number = decimal.Decimal(text.strip())
+    except decimal.InvalidOperation:
+        number = None
+    if number is not None:
+        if not number.is_finite():
+            raise InputError("timestamp %r is not a finite number" % text)
+        return int(number.scaleb(9).to_integral_value())
     try:
         ts = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -1015,13 +1026,15 @@ def influx_time_ns(text: Optional[str]) -> Optional[int]:
     return (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
 
 
-def influx_line(record: dict, measurement: str = "edge_detector", tags: Optional[Dict[str, str]] = None) -> str:
+def influx_line(record: dict, measurement: str = "edge_detector", tags: Optional[Dict[str, str]] = None,
+                time_ns: Optional[int] = None) -> str:
     """One event (``event_record``'s dict) as an InfluxDB line-protocol line, without the newline.
 
     Fields: line (integer), stage1, stage2 (absent where stage 2 did not run: line protocol
     has no null), is_anomaly and warmup (booleans), top_sensors (a comma-separated string)
     and contribution_<sensor> per sensor. The reading's timestamp becomes the point's time
-    in nanoseconds (naive times are UTC); without one, the receiver stamps the point.
+    in nanoseconds (naive times are UTC; pass ``time_ns`` when it is already parsed);
+    without one, the receiver stamps the point.
     """
     head = _influx_escape(measurement, ", ")
     for key in sorted(tags or {}):
@@ -1039,22 +1052,8 @@ def influx_line(record: dict, measurement: str = "edge_detector", tags: Optional
     for name, share in (record.get("contributions") or {}).items():
         fields.append("%s=%r" % (_influx_escape("contribution_" + name, ",= "), float(share)))
     line = head + " " + ",".join(fields)
-    ns = influx_time_ns(record.get("timestamp"))
+    ns = time_ns if time_ns is not None else timestamp_ns(record.get("timestamp"))
     return line if ns is None else "%s %d" % (line, ns)
-
-
-def parse_timestamp(text: Optional[str]) -> Optional[float]:
-    """Seconds: a number is taken as epoch seconds, anything else as ISO 8601."""
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise InputError("timestamp %r is neither epoch seconds nor ISO 8601" % text) from None
 
 
 MISSING_POLICIES = ("reject", "hold-last", "interpolate")
@@ -1082,15 +1081,14 @@ class StreamScorer:
 
     def __init__(self, detector: Detector, out, err, alarms_only: bool = False,
                  policy: StreamPolicy = StreamPolicy(), output_format: str = "jsonl"):
-        if policy.missing not in MISSING_POLICIES:
-            raise ValueError("missing-value policy %r is not one of %s" % (policy.missing, ", ".join(MISSING_POLICIES)))
-        if output_format not in OUTPUT_FORMATS:
-            raise ValueError("output format %r is not one of %s" % (output_format, ", ".join(OUTPUT_FORMATS)))
+        check_choice("missing-value policy", policy.missing, MISSING_POLICIES)
+        check_choice("output format", output_format, OUTPUT_FORMATS)
         self.output_format = output_format
         self.detector, self.out, self.err, self.alarms_only, self.policy = detector, out, err, alarms_only, policy
         self.stats = {"read": 0, "scored": 0, "rejected": 0, "alarms": 0, "filled": 0, "resets": 0}
-        self._last_time: Optional[float] = None
-        self._intervals: List[float] = []
+        self._last_ns: Optional[int] = None        # the last accepted reading's time
+        self._time_ns: Optional[int] = None        # the current reading's time, parsed once
+        self._intervals: collections.deque = collections.deque(maxlen=50)   # recent steps, ns
         self._last_values: Optional[np.ndarray] = None
         self._pending: List[Reading] = []        # interpolate: readings waiting for a later value
         self.stopping = False                    # set by a signal: finish this line, then stop
@@ -1099,9 +1097,9 @@ class StreamScorer:
         stream.write(json.dumps(record) + "\n")   # one write per line: never half a line
         stream.flush()
 
-    def _emit_event(self, record: dict) -> None:
+    def _emit_event(self, record: dict, time_ns: Optional[int]) -> None:
         if self.output_format == "influx":
-            self.out.write(influx_line(record) + "\n")
+            self.out.write(influx_line(record, time_ns=time_ns) + "\n")
             self.out.flush()
         else:
             self._emit(self.out, record)
@@ -1110,34 +1108,38 @@ class StreamScorer:
         self.stats["rejected"] += 1
         self._emit(self.err, {"line": line_no, "error": reason})
 
-    def _score(self, reading: Reading) -> None:
+    def _score(self, reading: Reading, time_ns: Optional[int] = None) -> None:
+        # time_ns: the reading's parsed time when it is the current line (held-back readings
+        # of the interpolate policy pass None and the time is parsed from their own record)
         score = self.detector.score_one(reading.values)
         self._last_values = reading.values
         self.stats["scored"] += 1
         self.stats["alarms"] += int(score.is_anomaly)
         if score.is_anomaly or not self.alarms_only:
-            self._emit_event(event_record(reading, score, self.detector.sensors))
+            self._emit_event(event_record(reading, score, self.detector.sensors), time_ns)
 
     def _check_time(self, reading: Reading) -> None:
-        t = parse_timestamp(reading.timestamp)
+        t = self._time_ns = timestamp_ns(reading.timestamp)
         if t is None:
             return
-        if self._last_time is not None:
-            step = t - self._last_time
+        if self._last_ns is not None:
+            step = t - self._last_ns
             if step <= 0:
                 raise InputError("timestamp %s %s the previous reading's" % (
                     reading.timestamp, "repeats" if step == 0 else "goes back before"))
-            if self.policy.gap_factor and len(self._intervals) >= 5:
+            factor = self.policy.gap_factor
+            # the median only when the step could exceed it: the minimum is a free lower bound
+            if factor and len(self._intervals) >= 5 and step > factor * min(self._intervals):
                 median = float(np.median(self._intervals))
-                if step > self.policy.gap_factor * median:
+                if step > factor * median:
                     self.flush_pending()
                     self.detector.reset()
                     self._last_values = None
                     self.stats["resets"] += 1
                     self._emit(self.err, {"line": reading.line, "notice": "gap of %gs is over %g x the median "
-                                          "interval (%gs): window state reset" % (step, self.policy.gap_factor, median)})
-            self._intervals = (self._intervals + [step])[-50:]
-        self._last_time = t
+                                          "interval (%gs): window state reset" % (step / 1e9, factor, median / 1e9)})
+            self._intervals.append(step)
+        self._last_ns = t
 
     def feed(self, line_no: int, reading: Optional[Reading], reason: Optional[str]) -> None:
         self.stats["read"] += 1
@@ -1153,7 +1155,7 @@ class StreamScorer:
         if not missing.any():
             if self._pending:
                 self._fill_pending(reading.values)
-            self._score(reading)
+            self._score(reading, self._time_ns)
             return
         names = ", ".join(self.detector.sensors[k] for k in np.flatnonzero(missing))
         if self.policy.missing == "reject":
@@ -1162,7 +1164,7 @@ class StreamScorer:
             self.reject(line_no, "missing value in %s and no earlier reading to fill it from" % names)
         elif self.policy.missing == "hold-last":
             self.stats["filled"] += 1
-            self._score(reading._replace(values=np.where(missing, self._last_values, reading.values)))
+            self._score(reading._replace(values=np.where(missing, self._last_values, reading.values)), self._time_ns)
         else:
             self._pending.append(reading)
             if len(self._pending) >= self.policy.max_pending:

@@ -16,7 +16,7 @@ import numpy as np
 
 from edge_detector import __version__
 from edge_detector.export.data import Dataset
-from edge_detector.export.train import TrainedModels, build_autoencoder, import_tf_keras, windows_at
+from edge_detector.export.train import TrainedModels, _log, build_autoencoder, import_tf_keras, windows_at
 from edge_detector.runtime import (
     LSTM_LAYERS, MANIFEST, ONNX_FILE, SCHEMA_VERSION, TFLITE_FILE, WEIGHTS, Detector, NumpyStage2, OnnxStage1,
     TFLiteStage2, batch_features, fold_weights, iforest_score, manifest_digest, prepare_forest, sha256_file,
@@ -169,11 +169,6 @@ def check_parity(models: TrainedModels, data: Dataset, tmp_dir: str, raw: Dict[s
             raise ParityError("stage 1 %s engine differs from scikit-learn by %.2e > %.0e" % (name, err.max(), STAGE1_ATOL))
     report["stage1_readings"] = int(len(feats))
     return report
-
-
-def _log(msg: str, progress) -> None:
-    if progress is not None:
-        progress(msg)
 
 
 def export_bundle(model_dir: str, data: Dataset, out_dir: str, progress: Optional[Callable[[str], None]] = print) -> dict:

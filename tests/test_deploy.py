@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge_detector.cli import cli
-from edge_detector.runtime import Reading, Score, event_record, influx_line, influx_time_ns
+from edge_detector.runtime import Reading, Score, event_record, influx_line, timestamp_ns
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -157,7 +157,7 @@ def test_influx_output_parses_and_matches_the_json_events(trained, synthetic):
         point = lpp.parse_line(line)
         assert point["measurement"] == "edge_detector"
         assert point["tags"] == {}
-        assert point["time"] == influx_time_ns(event["timestamp"])
+        assert point["time"] == timestamp_ns(event["timestamp"])
         f = point["fields"]
         assert f["line"] == event["line"] and isinstance(f["line"], int)
         assert f["stage1"] == event["stage1"]
@@ -197,8 +197,8 @@ def test_influx_escapes_measurement_tag_and_field_keys():
     assert point["fields"] == {"line": 1, "stage1": 0.25, "is_anomaly": False, "warmup": True,
                                "top_sensors": 'a"b,c\\d'}
     assert point["time"] is None
-    assert influx_time_ns("1700000000.123456789") == 1700000000123456789
-    assert influx_time_ns("2024-01-01 00:00:00") == 1704067200 * 10**9
+    assert timestamp_ns("1700000000.123456789") == 1700000000123456789
+    assert timestamp_ns("2024-01-01 00:00:00") == 1704067200 * 10**9
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -141,8 +142,15 @@ def test_sigterm_finishes_the_line_flushes_and_exits_zero(trained, synthetic):
         time.sleep(0.2)
         if proc.poll() is None:
             break
+    # Read the rest through the same text buffer as `first`: communicate() reads the raw pipe
+    # and would skip whatever readline() had already buffered.
+    rest = []
+    reader = threading.Thread(target=lambda: rest.append(proc.stdout.read()))
+    reader.start()
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    reader.join(timeout=60)
+    out, err = rest[0], proc.stderr.read()
     assert proc.returncode == 0, err
     events = [json.loads(line) for line in (first + out).splitlines()]   # every line is whole JSON
     stats = json.loads(err.strip().splitlines()[-1])["stats"]
