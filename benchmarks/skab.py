@@ -20,21 +20,33 @@ ROC-AUC is pooled over the test rows of all files (each mode's continuous score,
 by the file's own threshold so that files are comparable). ``stage2`` is the share of test
 rows on which stage 2 ran.
 
-The reference row "Hotelling T2 (10-mean)" is a Hotelling T-squared statistic on 10-reading
-causal rolling means of the sensors: mean and covariance of the rolling means of rows 0..399,
-threshold = ``T2_MULTIPLIER`` x the 0.99 quantile of the training rows' own T2 (the SKAB
-notebooks' UCL rule, 1.5 x q0.99, taken unchanged: nothing is tuned on test labels).
+Settings: the ``rig`` preset of ``edge-detector train`` (10-reading rolling means, W=20,
+centred on the training median, ZCA-whitened, mean error over sensors; stage 1 on raw rolling
+means), the same for every file; ``--set KEY=JSON`` overrides a TrainConfig field.
+
+Thresholds without labels. tau2 = margin x the 0.99 quantile of the calibration scores,
+because normal operation drifts away from the first 400 rows. The margin comes from the
+normal-only recordings under ``--data`` (CSVs without a label column: ``anomaly-free.csv``):
+each is cut into pieces as long as a typical labelled file, every piece goes through the same
+protocol with margin 1, and the margin is the median over pieces of the factor that lets 10%
+of a piece's test rows alarm. Without such a file the margins recorded in DEFAULT_MARGINS
+(what this calibration gave on ../shared/data/skab) are used.
+
+Two reference rows, a Hotelling T-squared statistic on 10-reading causal rolling means
+(mean and covariance from rows 0..399, threshold = a multiple of the training rows' own
+q0.99): "UCL 1.5xq99" uses the SKAB notebooks' rule unchanged; "calibrated" uses a margin set
+by the same label-free calibration as our detector's, so the two are compared fairly.
 
 The leaderboard covers all 34 SKAB files; a folder with fewer files is not directly
 comparable (the shared copy holds 23 of them, the rest are kept back).
 
 JSON written by ``--json``::
 
-    {"f1", "far", "mar", "files", "rows", "mode", "engine", "seconds", "config",
+    {"f1", "far", "mar", "files", "rows", "mode", "engine", "seconds", "config", "calibration", "protocol",
      "modes": {mode: {f1, far, mar, roc_auc, stage2_share, tp, fp, fn, tn}},
-     "reference": {"t2_rolling10": {...}},
+     "reference": {"t2_rolling10": {...}, "t2_calibrated": {...}},
      "per_file": {relpath: {mode: {f1, far, mar, roc_auc, stage2_share, tp, fp, fn, tn}, "t2_rolling10": {...},
-                            "rows": n, "test_rows": n, "anomalies": n, "train_seconds": s}}}
+                            "t2_calibrated": {...}, "rows": n, "test_rows": n, "anomalies": n, "train_seconds": s}}}
 
 The top-level f1/far/mar are those of ``--mode`` (hybrid by default; with ``--mode all``, hybrid).
 """
@@ -61,41 +73,22 @@ LEADERBOARD = [  # (algorithm, F1, FAR %, MAR %), upstream README "Proposed Lead
     ("LSTM-AE", 0.74, 29.96, 25.92),
     ("Isolation forest", 0.29, 2.56, 82.89),
 ]
-MODE_NAMES = {"hybrid": "edge-detector hybrid", "lstm": "edge-detector LSTM-only", "iforest": "edge-detector IF-only"}
+MODE_NAMES = {"hybrid": "edge-detector hybrid", "lstm": "edge-detector LSTM-only", "iforest": "edge-detector IF-only",
+              "t2_rolling10": "T2 (10-mean), UCL 1.5xq99", "t2_calibrated": "T2 (10-mean), calibrated"}
 
-# Settings for the 400-row protocol, the same for every file. The library default
-# (64/32 units, 30 epochs, an 80/20 split) is sized for 10,000 synthetic readings.
-SKAB_CONFIG = dict(
-    window=50,
-    lstm_units=(16, 8),
-    bottleneck=8,
-    dropout=0.0,
-    epochs=15,
-    patience=3,
-    batch_size=32,
-    stride=1,
-    n_estimators=100,
-    max_samples=256,
-)
-# SKAB's anomalies are sustained level and correlation shifts (a valve closed, a rotor
-# imbalanced) lasting hundreds of readings. Where the detector supports it (TrainConfig has the
-# field), stage 2 sees windows of 10-reading causal rolling means, centred on the training
-# median and ZCA-whitened with the training covariance, scored by the mean squared error over
-# sensors with tau2 = 3.5 x the 0.99 quantile of the calibration scores; stage 1 works on raw
-# rolling means ("abs" features) and passes half of the calibration readings to stage 2.
-# On a detector without these options the settings above are used alone.
-SKAB_DETECTOR_OPTIONS = dict(
-    window=20,
-    centre="train",
-    smooth=10,
-    whiten=True,
-    reduce="mean",
-    tail=1,
-    tau2_quantile=0.99,
-    tau2_margin=3.5,
-    screen_share=0.5,
-)
-SKAB_FEATURES = {"windows": [5, 15, 50], "lags": [1], "families": ["abs"]}
+# Settings: the "rig" preset of `edge-detector train` (export/train.py PRESETS), the same
+# for every file. Its tau2 margin is replaced by the one calibrate_margins measures when
+# --data holds a normal-only recording.
+PRESET = "rig"
+# The margin over the 0.99 quantile (for tau2, and for the T2 reference) is not tuned on
+# labels: it is set so that CALIBRATION_FAR of the test rows of a typical normal-only piece
+# (anomaly-free.csv, cut into file-sized pieces that go through the same protocol) alarm.
+# The share was fixed before any run; 10% leaves room under the 15% goal for the normal rows
+# after a fault, which a normal-only recording cannot show.
+CALIBRATION_FAR = 0.10
+# Used only when --data holds no normal-only CSV (for example a folder of other SKAB files):
+# what calibrate_margins measured on ../shared/data/skab on 2026-11-23 (benchmarks/README.md).
+DEFAULT_MARGINS = {"tau2_margin": 5.614, "t2_margin": 7.199}
 FIT_ROWS = 300          # rows 0..299 fit the models; rows 300..399 calibrate thresholds and early stopping
 
 
@@ -116,26 +109,99 @@ def find_labelled(data_dir: str) -> List[str]:
     return sorted(out, key=lambda p: os.path.relpath(p, data_dir))
 
 
+def find_unlabelled(data_dir: str) -> List[str]:
+    """CSVs under ``data_dir`` without a label column: recordings of normal operation only."""
+    from edge_detector.runtime import parse_header
+    labelled = set(find_labelled(data_dir))
+    out = []
+    for root, _, files in os.walk(data_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            if name.lower().endswith(".csv") and path not in labelled:
+                with open(path, "r", encoding="utf-8", newline="") as fh:
+                    if parse_header(fh.readline()).label_index is None:
+                        out.append(path)
+    return sorted(out, key=lambda p: os.path.relpath(p, data_dir))
+
+
+def calibration_sets(paths: Sequence[str], chunk_rows: int, data_dir: str) -> list:
+    """Cut each normal-only recording into consecutive pieces as long as a typical labelled file.
+
+    Each piece then goes through the protocol like a labelled file (train on its first 400
+    rows, score the rest), so its test rows show how far normal operation drifts from the
+    training rows over a file's length: that sets the threshold margin, with no label read.
+    """
+    from edge_detector.export.data import Dataset, load_csv
+    out = []
+    for path in paths:
+        data = load_csv(path)
+        for start in range(0, len(data.values) - chunk_rows + 1, chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            name = "%s[%d:%d]" % (os.path.relpath(path, data_dir), start, start + chunk_rows)
+            out.append((name, Dataset(data.values[rows], data.sensors,
+                                      data.timestamps[rows] if data.timestamps else None, None, None)))
+    return out
+
+
+def calibrate_margins(sets: list, workdir: str, engine: str, seed: int, overrides: Optional[dict], jobs: int,
+                      progress=None) -> dict:
+    """Label-free margins for tau2 and for the T2 reference from normal-only pieces.
+
+    Both detectors run with margin 1 (tau2 = the 0.99 quantile of the calibration scores;
+    T2's UCL = its training q0.99). For each piece, the margin that lets ``CALIBRATION_FAR``
+    of its test rows alarm is noted; the margin used is the median over pieces: a typical
+    normal recording then alarms on that share of its rows. (The pooled quantile, also
+    reported, is set by the one or two pieces that drift most: on anomaly-free.csv their
+    median row already scores 7-12 x q0.99.)
+    """
+    t0 = time.time()
+    base = dict(overrides or {}, tau2_margin=1.0)
+    args = [(data, name, os.path.join(workdir, "cal%03d" % i), ["hybrid"], engine, seed, base)
+            for i, (name, data) in enumerate(sets, 1)]
+    results = _map(score_dataset, args, jobs)
+    q = 1.0 - CALIBRATION_FAR
+    # hybrid: a row alarms only where stage 2 ran, so rows stage 1 let pass count as 0
+    hybrid = [np.where(r["hybrid"]["stage2"], r["hybrid"]["score"], 0.0) for r in results]
+    t2 = [r["t2_rolling10"]["score"] * T2_MULTIPLIER for r in results]
+    per_piece = {name: {"tau2_margin": round(float(np.quantile(h, q)), 3), "t2_margin": round(float(np.quantile(t, q)), 3)}
+                 for (name, _), h, t in zip(sets, hybrid, t2)}
+    report = {"far_target": CALIBRATION_FAR, "rule": "median over pieces of each piece's %.2f quantile" % q,
+              "rows": int(sum(h.size for h in hybrid)),
+              "tau2_margin": round(max(1.0, float(np.median([p["tau2_margin"] for p in per_piece.values()]))), 3),
+              "t2_margin": round(max(1.0, float(np.median([p["t2_margin"] for p in per_piece.values()]))), 3),
+              "pooled": {"tau2_margin": round(float(np.quantile(np.concatenate(hybrid), q)), 3),
+                         "t2_margin": round(float(np.quantile(np.concatenate(t2), q)), 3)},
+              "per_piece": per_piece, "seconds": round(time.time() - t0, 1)}
+    if progress:
+        for name, p in per_piece.items():
+            progress("  calibration piece %-40s tau2 margin %7.3f   T2 margin %7.3f" % (name, p["tau2_margin"], p["t2_margin"]))
+        progress("calibration on %d normal-only pieces (%d test rows): tau2 margin %.3f, T2 margin %.3f (%.0fs)"
+                 % (len(sets), report["rows"], report["tau2_margin"], report["t2_margin"], report["seconds"]))
+    return report
+
+
+def _map(fn, arglist: list, jobs: int) -> list:
+    """``[fn(*a) for a in arglist]``, in ``jobs`` processes when jobs > 1 (each trains one model at a time)."""
+    if jobs <= 1:
+        return [fn(*a) for a in arglist]
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, *zip(*arglist)))
+
+
 def skab_config(seed: int = 0, overrides: Optional[dict] = None):
-    from edge_detector.export.train import TrainConfig
-    import dataclasses
-    from edge_detector.runtime import FEATURE_FAMILIES
-    params = dict(SKAB_CONFIG)
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    if set(SKAB_DETECTOR_OPTIONS) <= known:
-        params.update(SKAB_DETECTOR_OPTIONS)
-        if set(SKAB_FEATURES["families"]) <= set(FEATURE_FAMILIES):
-            params["features"] = dict(SKAB_FEATURES)
-    params.update(overrides or {})
+    from edge_detector.export.train import preset_config
+    from edge_detector.runtime import FeatureSpec
+    params = dict(overrides or {})
     if isinstance(params.get("features"), dict):
-        from edge_detector.runtime import FeatureSpec
         params["features"] = FeatureSpec.from_dict(params["features"])
     if isinstance(params.get("lstm_units"), list):
         params["lstm_units"] = tuple(params["lstm_units"])
     # the detector gets exactly rows 0..TRAIN_ROWS-1: all of them are "train", the last
     # TRAIN_ROWS - FIT_ROWS of them calibrate
     params.update(seed=seed, train_fraction=1.0, calibration_fraction=1.0 - FIT_ROWS / TRAIN_ROWS)
-    return TrainConfig(**params)
+    return preset_config(PRESET, **params)
 
 
 def confusion(labels: np.ndarray, alarms: np.ndarray) -> Dict[str, int]:
@@ -187,23 +253,32 @@ def continuous(detector, results) -> np.ndarray:
 
 
 def score_file(path: str, workdir: str, modes: Sequence[str], engine: str = "numpy", seed: int = 0,
-               overrides: Optional[dict] = None, stream: bool = False) -> dict:
+               overrides: Optional[dict] = None, stream: bool = False,
+               t2_margin: Optional[float] = None) -> dict:
     """Train on rows 0..399 of one file, export, score every mode through the runtime.
 
     Returns {"labels": test labels, mode: {"alarm", "score", "stage2"} per test row, "t2_rolling10": ...,
     "rows", "train_seconds"}.
     """
-    from edge_detector.export.convert import export_bundle
-    from edge_detector.export.data import Dataset, load_csv
-    from edge_detector.export.train import train
-    from edge_detector.runtime import Detector
-
+    from edge_detector.export.data import load_csv
     data = load_csv(path)
     if data.labels is None:
         raise ValueError("%s has no label column" % path)
+    return score_dataset(data, path, workdir, modes, engine, seed, overrides, stream, t2_margin)
+
+
+def score_dataset(data, name: str, workdir: str, modes: Sequence[str], engine: str = "numpy", seed: int = 0,
+                  overrides: Optional[dict] = None, stream: bool = False,
+                  t2_margin: Optional[float] = None) -> dict:
+    """``score_file`` on a loaded dataset (labels may be None: then every test row counts as normal)."""
+    from edge_detector.export.convert import export_bundle
+    from edge_detector.export.data import Dataset
+    from edge_detector.export.train import train
+    from edge_detector.runtime import Detector
+
     n = len(data.values)
     if n <= TRAIN_ROWS:
-        raise ValueError("%s has %d rows, the protocol needs more than %d" % (path, n, TRAIN_ROWS))
+        raise ValueError("%s has %d rows, the protocol needs more than %d" % (name, n, TRAIN_ROWS))
     # The training part carries no labels: the protocol assumes rows 0..399 are normal.
     head = Dataset(data.values[:TRAIN_ROWS], data.sensors,
                    data.timestamps[:TRAIN_ROWS] if data.timestamps else None, None, None)
@@ -211,7 +286,8 @@ def score_file(path: str, workdir: str, modes: Sequence[str], engine: str = "num
     t0 = time.time()
     train(head, model_dir, skab_config(seed, overrides), progress=None)
     export_bundle(model_dir, head, bundle, progress=None)
-    out = {"labels": data.labels[TRAIN_ROWS:], "rows": n, "train_seconds": time.time() - t0}
+    labels = data.labels[TRAIN_ROWS:] if data.labels is not None else np.zeros(n - TRAIN_ROWS, dtype=bool)
+    out = {"labels": labels, "rows": n, "train_seconds": time.time() - t0}
     for mode in modes:
         detector = Detector.load(bundle, engine=engine, mode=mode)
         if stream:          # one reading at a time, exactly as on the gateway
@@ -224,6 +300,10 @@ def score_file(path: str, workdir: str, modes: Sequence[str], engine: str = "num
     ref = t2_reference(data.values)
     out["t2_rolling10"] = {"alarm": ref["alarm"][TRAIN_ROWS:], "score": ref["score"][TRAIN_ROWS:],
                            "stage2": np.zeros(n - TRAIN_ROWS, dtype=bool)}
+    if t2_margin is not None:
+        alarm = ref["score"][TRAIN_ROWS:] * T2_MULTIPLIER > t2_margin
+        out["t2_calibrated"] = {"alarm": alarm, "score": ref["score"][TRAIN_ROWS:] * T2_MULTIPLIER / t2_margin,
+                                "stage2": np.zeros(n - TRAIN_ROWS, dtype=bool)}
     return out
 
 
@@ -243,7 +323,7 @@ def table(pooled: Dict[str, dict], n_files: int) -> str:
     lines = [head, "-" * len(head)]
     rows = [(name, f1, far, mar, "    -       -    leaderboard (34 files)") for name, f1, far, mar in LEADERBOARD]
     for key, m in pooled.items():
-        name = MODE_NAMES.get(key, "Hotelling T2 (10-mean)")
+        name = MODE_NAMES[key]
         a = "   n/a " if m["roc_auc"] is None else "%7.3f" % m["roc_auc"]
         rows.append((name, m["f1"], m["far"], m["mar"], "%s %5.1f%%  this run (%d files)"
                      % (a, 100 * m["stage2_share"], n_files)))
@@ -262,58 +342,66 @@ def per_file_table(per_file: Dict[str, dict], keys: Sequence[str]) -> str:
 
 
 def run(data_dir: str, modes: Sequence[str], engine: str = "numpy", seed: int = 0, overrides: Optional[dict] = None,
-        workdir: Optional[str] = None, stream: bool = False, progress=print, jobs: int = 1) -> dict:
+        workdir: Optional[str] = None, stream: bool = False, progress=print, jobs: int = 1,
+        margins: Optional[dict] = None) -> dict:
     files = find_labelled(data_dir)
     if not files:
         raise SystemExit("no labelled CSV (with an 'anomaly' column) under %s" % data_dir)
-    keys = list(modes) + ["t2_rolling10"]
     own = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix="skab-bench-")
-    labels_all, parts_all = [], {k: {"alarm": [], "score": [], "stage2": []} for k in keys}
-    per_file = {}
+    overrides = dict(overrides or {})
     t0 = time.time()
-    pool = None
     try:
-        args = [(path, os.path.join(workdir, "%03d" % i), modes, engine, seed, overrides, stream)
-                for i, path in enumerate(files, 1)]
-        if jobs > 1:        # one file per process; each process trains one model at a time
-            import concurrent.futures
-            import multiprocessing
-            pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
-            results = [pool.submit(score_file, *a) for a in args]
-        else:
-            results = None
-        for i, path in enumerate(files, 1):
-            rel = os.path.relpath(path, data_dir)
-            r = results[i - 1].result() if results is not None else score_file(*args[i - 1])
-            labels = r["labels"]
-            labels_all.append(labels)
-            entry = {"rows": r["rows"], "test_rows": int(len(labels)), "anomalies": int(labels.sum()),
-                     "train_seconds": round(r["train_seconds"], 1)}
-            for k in keys:
-                entry[k] = summarise(labels, r[k])
-                for field in ("alarm", "score", "stage2"):
-                    parts_all[k][field].append(r[k][field])
-            per_file[rel] = entry
+        if margins is None and "tau2_margin" not in overrides:
+            from edge_detector.export.data import load_csv
+            normal_only = find_unlabelled(data_dir)
+            if normal_only:
+                chunk_rows = int(np.median([len(load_csv(p).values) for p in files]))
+                sets = calibration_sets(normal_only, chunk_rows, data_dir)
+                margins = calibrate_margins(sets, workdir, engine, seed, overrides, jobs, progress)
+        if margins is None:
+            margins = dict(DEFAULT_MARGINS, source="recorded default")
             if progress:
-                progress("[%2d/%d] %-16s %s  (%.0fs)" % (i, len(files), rel, "  ".join(
-                    "%s F1 %.2f FAR %.1f" % (k, entry[k]["f1"], entry[k]["far"]) for k in keys), time.time() - t0))
+                progress("no calibration run (no normal-only CSV under %s, or tau2_margin given): recorded margins %s"
+                         % (data_dir, DEFAULT_MARGINS))
+        overrides.setdefault("tau2_margin", margins["tau2_margin"])
+        keys = list(modes) + ["t2_rolling10", "t2_calibrated"]
+        args = [(path, os.path.join(workdir, "%03d" % i), modes, engine, seed, overrides, stream, margins["t2_margin"])
+                for i, path in enumerate(files, 1)]
+        results = _map(score_file, args, jobs)
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
         if own:
             shutil.rmtree(workdir, ignore_errors=True)
+    labels_all, parts_all = [], {k: {"alarm": [], "score": [], "stage2": []} for k in keys}
+    per_file = {}
+    for i, (path, r) in enumerate(zip(files, results), 1):
+        rel = os.path.relpath(path, data_dir)
+        labels = r["labels"]
+        labels_all.append(labels)
+        entry = {"rows": r["rows"], "test_rows": int(len(labels)), "anomalies": int(labels.sum()),
+                 "train_seconds": round(r["train_seconds"], 1)}
+        for k in keys:
+            entry[k] = summarise(labels, r[k])
+            for field in ("alarm", "score", "stage2"):
+                parts_all[k][field].append(r[k][field])
+        per_file[rel] = entry
+        if progress:
+            progress("[%2d/%d] %-16s %s" % (i, len(files), rel, "  ".join(
+                "%s F1 %.2f FAR %.1f" % (k, entry[k]["f1"], entry[k]["far"]) for k in keys)))
     labels = np.concatenate(labels_all)
     pooled = {k: summarise(labels, {f: np.concatenate(v) for f, v in parts_all[k].items()}) for k in keys}
     main_mode = "hybrid" if "hybrid" in modes else modes[0]
     config = skab_config(seed, overrides).to_dict()
     return {"f1": pooled[main_mode]["f1"], "far": pooled[main_mode]["far"], "mar": pooled[main_mode]["mar"],
             "files": len(files), "rows": int(len(labels)), "mode": main_mode, "engine": engine,
-            "seconds": round(time.time() - t0, 1), "config": config,
+            "seconds": round(time.time() - t0, 1), "config": config, "calibration": margins,
             "protocol": {"train_rows": TRAIN_ROWS, "fit_rows": FIT_ROWS, "t2": {
                 "window": T2_WINDOW, "quantile": T2_QUANTILE, "multiplier": T2_MULTIPLIER}},
-            "modes": {k: pooled[k] for k in modes}, "reference": {"t2_rolling10": pooled["t2_rolling10"]},
-            "per_file": per_file}
+            "modes": {k: pooled[k] for k in modes},
+            "reference": {"t2_rolling10": pooled["t2_rolling10"], "t2_calibrated": pooled["t2_calibrated"]},
+            "per_file": per_file,
+            "_scores": {"labels": labels, **{"%s_%s" % (k, f): np.concatenate(v)
+                                             for k, part in parts_all.items() for f, v in part.items()}}}
 
 
 def _parse_override(text: str):
@@ -328,18 +416,22 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", default="hybrid", choices=["hybrid", "lstm", "iforest", "all"])
     parser.add_argument("--engine", default="numpy", choices=["numpy", "tflite", "onnx"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="files trained in parallel, one process each (2 halves the time on 2 idle cores)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="files trained in parallel, one process each (default: 2 where there are 2 cores; "
+                        "every file's model is seeded, so the figures do not depend on it)")
     parser.add_argument("--stream", action="store_true", help="score with score_one, reading by reading")
+    parser.add_argument("--scores", default=None, metavar="NPZ",
+                        help="also save every test row's label, alarm, score and stage-2 flag per mode (for analysis)")
     parser.add_argument("--workdir", default=None, help="keep the models and bundles here (default: a temp dir)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="override a TrainConfig field for every file (e.g. --set window=30)")
     args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")     # the worker processes inherit it
     modes = ["hybrid", "lstm", "iforest"] if args.mode == "all" else [args.mode]
     overrides = dict(_parse_override(s) for s in args.set)
     report = run(args.data, modes, args.engine, args.seed, overrides, args.workdir, args.stream,
                  progress=lambda m: print(m, file=sys.stderr, flush=True), jobs=args.jobs)
-    keys = modes + ["t2_rolling10"]
+    keys = modes + ["t2_rolling10", "t2_calibrated"]
     print("\nper file (test rows = rows %d..; pooled figures below)" % TRAIN_ROWS)
     print(per_file_table(report["per_file"], keys))
     print("\nSKAB outlier detection, pooled over %d files, %d test rows, engine %s"
@@ -349,6 +441,9 @@ def main(argv=None) -> int:
     print("\n%s: F1 %.3f, FAR %.2f%%, MAR %.2f%% (goal F1 > 0.78 at FAR <= 15%%: %s); %.0fs"
           % (report["mode"], report["f1"], report["far"], report["mar"], "met" if goal else "not met",
              report["seconds"]))
+    scores = report.pop("_scores")
+    if args.scores:
+        np.savez_compressed(args.scores, **scores)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(report, fh, indent=2)

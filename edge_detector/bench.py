@@ -37,7 +37,7 @@ import numpy as np
 # numpy and the runtime only at load time, so the bench stays importable without the train extra
 from edge_detector.export.train import IFOREST_FILE, KERAS_FILE, MODEL_JSON, windows_at
 from edge_detector.runtime import (ONNX_FILE, TFLITE_FILE, WEIGHTS, Detector, batch_features,
-                                   engine_available, load_manifest, stage2_scores, standardize_windows)
+                                   engine_available, load_manifest, prepare_windows, stage2_scores)
 
 __all__ = ["ENGINES", "BATCH_SIZES", "run_bench", "format_table", "write_markdown", "write_plots"]
 
@@ -271,19 +271,17 @@ if engine == "original":
         meta = json.load(fh)
     forest = joblib.load(os.path.join(args["model_dir"], "iforest.joblib"))
     keras = tf_keras.models.load_model(os.path.join(args["model_dir"], "lstm_ae.keras"), compile=False)
-    spec, scale, tail = rt.FeatureSpec.from_dict(meta["feature_spec"]), np.asarray(meta["scale"]), int(meta["tail"])
-    clip = float(meta["clip"])
+    spec, inp = rt.FeatureSpec.from_dict(meta["feature_spec"]), rt.Stage2Input.from_manifest(meta)
     stage1 = lambda f: -forest.score_samples(f)
     stage2 = lambda x: keras.predict(x, batch_size=256, verbose=0)
 else:
     det = rt.Detector.load(args["bundle"], engine=engine, threads=args["threads"] or None)
-    spec, scale, tail, clip, stage1, stage2 = det.spec, det.scale, det.tail, det.clip, det.stage1, det.stage2
+    spec, inp, stage1, stage2 = det.spec, det.stage2_input, det.stage1, det.stage2
 t_load = time.perf_counter()
 out["rss_init_bytes"] = rss()
 window = np.asarray(args["window"], dtype=np.float64)
 s1 = stage1(rt.batch_features(window, spec)[-1:])
-x = rt.standardize_windows(window[None], scale)
-s2, _ = rt.stage2_scores(x, stage2, tail, clip)
+s2, _ = rt.window_scores(window[None], stage2, inp)
 t_first = time.perf_counter()
 out["rss_cold_bytes"] = rss()
 import resource
@@ -454,8 +452,9 @@ def _file_sizes(bundle: str, model_dir: Optional[str], engine: str) -> Dict[str,
             if folder and os.path.isfile(os.path.join(folder, name))}
 
 
-def _stage2_scores(stage2: Callable, x: np.ndarray, tail: int, clip: float, chunk: int = 256) -> np.ndarray:
-    return np.concatenate([stage2_scores(x[i:i + chunk], stage2, tail, clip)[0] for i in range(0, len(x), chunk)])
+def _stage2_scores(stage2: Callable, x: np.ndarray, inp, chunk: int = 256) -> np.ndarray:
+    return np.concatenate([stage2_scores(x[i:i + chunk], stage2, inp.tail, inp.clip, inp.reduce)[0]
+                           for i in range(0, len(x), chunk)])
 
 
 def _stream(det: Detector, values: np.ndarray, prime_from: int, start: int, limit: Optional[int]) -> dict:
@@ -596,15 +595,15 @@ def run_bench(bundle: str, data_csv: str, engines: Sequence[str] = ENGINES, thre
     values = np.asarray(data.values, dtype=np.float64)
     n = values.shape[0]
     probe = Detector.load(bundle, engine="numpy")
-    W, tail, warm = probe.window, probe.tail, probe.warmup
+    W, warm = probe.window, probe.warmup
     tau1, tau2 = probe.tau1, probe.tau2
     start = int(round(n * (1 - test_fraction))) if test_fraction else 0
-    start = min(max(start, W - 1), n - 1)
+    start = min(max(start, probe.span - 1), n - 1)
     prime_from = max(0, start - warm)
     test_rows = np.arange(start, n)
     labels = data.labels[start:] if data.labels is not None else None
     feats = batch_features(values, probe.spec)[start:]                       # [test, F], float64
-    x_test = standardize_windows(windows_at(values, test_rows, W), probe.scale)  # [test, W, s], float32
+    x_test = prepare_windows(windows_at(values, test_rows, probe.span), probe.stage2_input)  # [test, W, s], float32
     n_trees = int(probe.stage1.forest["roots"].size) if hasattr(probe.stage1, "forest") else None
 
     # Which engines can run here
@@ -669,7 +668,7 @@ def run_bench(bundle: str, data_csv: str, engines: Sequence[str] = ENGINES, thre
         _log(progress, "[%d/%d] %s" % (step[0], len(steps) + 1, msg))
 
     # 1. Fresh subprocesses: init, cold start, peak RSS ------------------------------------
-    first_window = values[start - W + 1:start + 1]
+    first_window = values[start - probe.span + 1:start + 1]
     report["python_baseline"] = cold_start("baseline", bundle, first_window, threads)
     for e in active:
         say("cold start %s: fresh subprocess (import, load, score the first reading)" % e)
@@ -732,7 +731,7 @@ def run_bench(bundle: str, data_csv: str, engines: Sequence[str] = ENGINES, thre
 
             _log(progress, "    accuracy inputs: %d feature rows, %d windows" % (len(feats), len(x_test)))
             s1_scores[e] = np.asarray(stage1(feats), dtype=np.float64)
-            s2_scores[e] = _stage2_scores(stage2, x_test, tail, probe.clip)
+            s2_scores[e] = _stage2_scores(stage2, x_test, probe.stage2_input)
             decisions[e] = {}
             for mode in ("hybrid", "lstm"):
                 results = make(mode).score(values[prime_from:])[start - prime_from:]

@@ -92,15 +92,20 @@ def with_data_options(fn):
 @click.argument("data", type=click.Path(dir_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
 @with_data_options
+@click.option("--preset", type=click.Choice(["trend", "rig"]), default="trend", show_default=True,
+              help="Starting settings: 'trend' for data with a slow trend and daily cycle and short anomalies "
+              "(W=50, windows centred on their own median); 'rig' for a machine at a set point whose faults are "
+              "sustained shifts (W=20 on 10-reading means, centred on the training median and whitened; the "
+              "SKAB benchmark's settings).")
 @click.option("--seed", default=42, show_default=True, help="Seed for every model.")
-@click.option("--window", default=50, show_default=True, help="Stage-2 window length W, in readings.")
-@click.option("--epochs", default=30, show_default=True, help="Most LSTM epochs (early stopping ends sooner).")
-@click.option("--screen-share", default=0.08, show_default=True,
-              help="Share of normal readings that stage 1 passes to stage 2.")
+@click.option("--window", default=None, type=int, help="Stage-2 window length W, in readings [preset's: 50 or 20].")
+@click.option("--epochs", default=None, type=int, help="Most LSTM epochs; early stopping ends sooner [30 or 15].")
+@click.option("--screen-share", default=None, type=float,
+              help="Share of normal readings that stage 1 passes to stage 2 [0.08 or 0.5].")
 @click.option("--train-fraction", default=0.8, show_default=True,
               help="Leading share of rows used for training (its last 15% calibrates); the rest is the test split.")
 @library_errors
-def train(data, out, sensors, label_col, timestamp_col, seed, window, epochs, screen_share, train_fraction):
+def train(data, out, sensors, label_col, timestamp_col, preset, seed, window, epochs, screen_share, train_fraction):
     """Train IsolationForest, LSTM autoencoder and LOF, and calibrate thresholds on normal data.
 
     Uses a GPU when TensorFlow sees one. Saves Keras (native format), scikit-learn (joblib),
@@ -109,12 +114,13 @@ def train(data, out, sensors, label_col, timestamp_col, seed, window, epochs, sc
     Example:
 
         edge-detector train data.csv --out model/
+        edge-detector train pump.csv --out model/ --preset rig --train-fraction 0.35
     """
     _require_train_extra()
-    from edge_detector.export.train import TrainConfig, train as fit  # noqa: PLC0415
+    from edge_detector.export.train import preset_config, train as fit  # noqa: PLC0415
     dataset = _load(data, sensors, label_col, timestamp_col)
-    config = TrainConfig(seed=seed, window=window, epochs=epochs, screen_share=screen_share,
-                         train_fraction=train_fraction)
+    config = preset_config(preset, seed=seed, window=window, epochs=epochs, screen_share=screen_share,
+                           train_fraction=train_fraction)
     fit(dataset, out, config, progress=_echo_err, source=data)
     click.echo("model written to %s" % out)
 

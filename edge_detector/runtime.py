@@ -20,8 +20,8 @@ A reading's path, with the section of this file that holds each step:
                        (7: readings in, events out)                -> sensor vector or a rejection
 2. sensor vector    -> ``FeatureState.update`` (1: features)        -> feature vector (stage 1 input)
 3. feature vector   -> ``iforest_score`` (2: stage 1)               -> stage-1 score, screened against tau1
-4. last W readings  -> ``standardize_windows`` -> ``stage2_scores`` (clip, ``lstm_ae_forward``,
-                       ``reconstruction_error``; 3: stage 2)        -> stage-2 score, compared with tau2
+4. last readings   -> ``window_scores``: ``prepare_windows`` (smooth, centre, scale) -> ``stage2_scores``
+                       (clip, ``lstm_ae_forward``, ``reconstruction_error``; 3: stage 2) -> stage-2 score vs tau2
 5. ``Detector.score_one`` (6) wraps 2-4 into a ``Score``; ``event_record`` (7) turns it into a JSON event.
    Engines (4) swap who computes stages 1 and 2; the bundle (5) is verified before anything loads.
 
@@ -43,8 +43,8 @@ from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequenc
 import numpy as np
 
 __all__ = [
-    "BundleError", "Detector", "FeatureSpec", "FeatureState", "InputError", "Score",
-    "batch_features", "feature_names", "iforest_score", "lstm_ae_forward", "load_bundle",
+    "BundleError", "Detector", "FeatureSpec", "FeatureState", "InputError", "Score", "Stage2Input",
+    "batch_features", "prepare_windows", "feature_names", "iforest_score", "lstm_ae_forward", "load_bundle",
 ]
 
 SCHEMA_VERSION = 1
@@ -78,7 +78,7 @@ class InputError(ValueError):
 # slow trend in the data moves no feature: the test split may drift beyond the training
 # range and stage 1 still sees the same distribution.
 
-FEATURE_FAMILIES = ("level", "mean", "std", "max", "min", "diff")
+FEATURE_FAMILIES = ("level", "mean", "std", "max", "min", "diff", "abs")
 
 
 class FeatureSpec(NamedTuple):
@@ -118,6 +118,7 @@ def feature_names(spec: FeatureSpec, sensors: Sequence[str]) -> List[str]:
     per_sensor += ["max%d-mean%d" % (w, level) for w in spec.windows] if "max" in on else []
     per_sensor += ["mean%d-min%d" % (level, w) for w in spec.windows] if "min" in on else []
     per_sensor += ["diff%d" % k for k in spec.lags] if "diff" in on else []
+    per_sensor += ["mean%d" % w for w in spec.windows] if "abs" in on else []
     return ["%s:%s" % (s, f) for s in sensors for f in per_sensor]
 
 
@@ -133,6 +134,10 @@ def _features_from_history(hist: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     cols += [hist[..., -w:].max(axis=-1) - level for w in spec.windows] if "max" in on else []
     cols += [level - hist[..., -w:].min(axis=-1) for w in spec.windows] if "min" in on else []
     cols += [x - hist[..., -1 - k] for k in spec.lags] if "diff" in on else []
+    # "abs": rolling means themselves, not relative to the level. Only for data without a
+    # trend (a test rig, a pump at a set point), where a sustained level shift is the
+    # anomaly and the relative families would forget it after one level window.
+    cols += [hist[..., -w:].mean(axis=-1) for w in spec.windows] if "abs" in on else []
     if not cols:
         raise ValueError("feature spec %r yields no features (\"mean\" needs two windows or more)" % (spec,))
     out = np.stack(cols, axis=-1)                      # [..., sensors, per_sensor]
@@ -351,6 +356,60 @@ def lstm_ae_forward(w: Dict[str, object], windows: np.ndarray) -> np.ndarray:
     return h4 @ w["output"]["W"] + w["output"]["b"]                                    # [b, t, sensors]
 
 
+class Stage2Input(NamedTuple):
+    """How the newest ``span`` raw readings become one autoencoder input of W steps, and how
+    its reconstruction becomes a score. The defaults are the synthetic data's choices.
+
+    - ``smooth`` k > 1: each step is the mean of a reading and the k-1 before it, so a window
+      needs W + k - 1 raw readings. Sensor noise then stops hiding a small sustained shift.
+    - ``centre`` None: each window is centred on its own per-sensor median, which removes the
+      level and so any slow trend. A vector (the training median) keeps a sustained level
+      shift visible, for data without a trend, such as a test rig at a set point.
+    - ``whiten`` None: divide by the per-sensor training ``scale``. A [sensors, sensors]
+      matrix (ZCA of the training covariance) also removes the normal correlation between
+      sensors, so a broken relation between them stands out.
+    - ``reduce`` "max": a window's score is its worst sensor's error; "mean": the mean over
+      sensors (for many correlated sensors, where a real fault moves several at once).
+    """
+    window: int
+    scale: np.ndarray                      # [sensors]
+    tail: int = 1
+    clip: float = 5.0
+    smooth: int = 1
+    centre: Optional[np.ndarray] = None    # [sensors]
+    whiten: Optional[np.ndarray] = None    # [sensors, sensors]
+    reduce: str = "max"
+
+    @property
+    def span(self) -> int:
+        """Raw readings behind one window."""
+        return self.window + self.smooth - 1
+
+    @classmethod
+    def from_manifest(cls, m: dict) -> "Stage2Input":
+        """From a manifest (or training's model.json); bundles without "stage2_input" get the defaults."""
+        extra = m.get("stage2_input") or {}
+        reduce = str(extra.get("reduce", "max"))
+        check_choice("stage2_input.reduce", reduce, REDUCTIONS)
+        smooth = int(extra.get("smooth", 1))
+        if smooth < 1:
+            raise ValueError("stage2_input.smooth is %d; it must be >= 1" % smooth)
+        centre, whiten = extra.get("centre"), extra.get("whiten")
+        return cls(window=int(m["window"]), scale=np.asarray(m["scale"], dtype=np.float64), tail=int(m["tail"]),
+                   clip=float(m["clip"]), smooth=smooth, reduce=reduce,
+                   centre=None if centre is None else np.asarray(centre, dtype=np.float64),
+                   whiten=None if whiten is None else np.asarray(whiten, dtype=np.float64))
+
+    def extra_dict(self) -> dict:
+        """The "stage2_input" field of a manifest."""
+        return {"smooth": self.smooth, "reduce": self.reduce,
+                "centre": None if self.centre is None else self.centre.tolist(),
+                "whiten": None if self.whiten is None else self.whiten.tolist()}
+
+
+REDUCTIONS = ("max", "mean")
+
+
 def standardize_windows(windows: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Centre each window on its own per-sensor median and divide by the training scale.
 
@@ -364,23 +423,51 @@ def standardize_windows(windows: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return (centred / scale).astype(np.float32)
 
 
-def reconstruction_error(x: np.ndarray, recon: np.ndarray, tail: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Stage-2 score of each window (its worst sensor's error) and each sensor's share of the error.
+def smooth_windows(raw: np.ndarray, k: int) -> np.ndarray:
+    """Causal k-reading means: [batch, W + k - 1, sensors] -> [batch, W, sensors].
+
+    Summed slice by slice (not with a cumulative sum or a strided mean) so that a window
+    gets the same bits alone or in a batch: the streaming and batch forms must agree.
+    """
+    if k == 1:
+        return raw
+    steps = raw.shape[1] - k + 1
+    acc = raw[:, :steps].copy()
+    for j in range(1, k):
+        acc += raw[:, j:j + steps]
+    return acc / k
+
+
+def prepare_windows(raw: np.ndarray, inp: Stage2Input) -> np.ndarray:
+    """Raw windows -> the autoencoder's input: [batch, span, sensors] -> [batch, W, sensors], float32."""
+    x = smooth_windows(np.asarray(raw, dtype=np.float64), inp.smooth)
+    if inp.centre is None and inp.whiten is None:
+        return standardize_windows(x, inp.scale)
+    centred = x - (np.median(x, axis=1, keepdims=True) if inp.centre is None else inp.centre)
+    z = centred / inp.scale if inp.whiten is None else centred @ inp.whiten
+    return z.astype(np.float32)
+
+
+def reconstruction_error(x: np.ndarray, recon: np.ndarray, tail: int,
+                         reduce: str = "max") -> Tuple[np.ndarray, np.ndarray]:
+    """Stage-2 score of each window and each sensor's share of its error.
 
     Only the last ``tail`` steps count: the score belongs to the newest reading, so an old
-    spike that is still inside the window does not keep raising alarms.
+    spike that is still inside the window does not keep raising alarms. The score is the
+    worst sensor's error (``reduce="max"``) or the mean over sensors (``"mean"``).
     [batch, time, sensors] x2 -> score [batch], shares [batch, sensors]
     """
     err = (np.asarray(x, dtype=np.float64)[:, -tail:] - recon[:, -tail:]) ** 2   # [b, tail, s]
     per_sensor = err.mean(axis=1)                                                 # [b, s]
-    score = per_sensor.max(axis=1)                                                # [b]: the worst sensor
+    score = per_sensor.max(axis=1) if reduce == "max" else per_sensor.mean(axis=1)   # [b]
     total = per_sensor.sum(axis=1, keepdims=True)
     shares = np.divide(per_sensor, total, out=np.zeros_like(per_sensor), where=total > 0)
     return score, shares
 
 
-def stage2_scores(x: np.ndarray, reconstruct, tail: int, clip: float) -> Tuple[np.ndarray, np.ndarray]:
-    """Stage-2 scores of standardized windows through an engine's ``reconstruct``.
+def stage2_scores(x: np.ndarray, reconstruct, tail: int, clip: float,
+                  reduce: str = "max") -> Tuple[np.ndarray, np.ndarray]:
+    """Stage-2 scores of prepared windows through an engine's ``reconstruct``.
 
     The autoencoder sees the windows clipped to +-clip (in training scales): far outside
     the training range an LSTM can turn chaotic, amplifying float32 rounding tenfold per
@@ -388,7 +475,12 @@ def stage2_scores(x: np.ndarray, reconstruct, tail: int, clip: float) -> Tuple[n
     drift. The error is measured against the unclipped window, so a spike keeps its full
     size in the score. [batch, time, sensors] -> score [batch], shares [batch, sensors]
     """
-    return reconstruction_error(x, reconstruct(np.clip(x, -clip, clip)), tail)
+    return reconstruction_error(x, reconstruct(np.clip(x, -clip, clip)), tail, reduce)
+
+
+def window_scores(raw: np.ndarray, reconstruct, inp: Stage2Input) -> Tuple[np.ndarray, np.ndarray]:
+    """Raw windows to stage-2 scores: [batch, span, sensors] -> score [batch], shares [batch, sensors]."""
+    return stage2_scores(prepare_windows(raw, inp), reconstruct, inp.tail, inp.clip, inp.reduce)
 
 
 # --------------------------------------------------------------------------------------
@@ -588,6 +680,11 @@ def check_shapes(manifest: dict, raw: Dict[str, np.ndarray]) -> None:
         if raw[key].ndim != 2 or raw[key].shape[axis] != expected:
             raise BundleError("%s: %r has shape %s, but the manifest has %d %s"
                               % (WEIGHTS, key, raw[key].shape, expected, what))
+    extra = manifest.get("stage2_input") or {}
+    for key, shape in (("centre", (n_sensors,)), ("whiten", (n_sensors, n_sensors))):
+        if extra.get(key) is not None and np.shape(extra[key]) != shape:
+            raise BundleError("%s: stage2_input.%s has shape %s, but the manifest has %d sensors"
+                              % (MANIFEST, key, np.shape(extra[key]), n_sensors))
     feature = raw.get("iforest/feature")
     if feature is None or feature.size == 0 or int(feature.max()) >= n_features or int(feature.min()) < 0:
         raise BundleError("%s: 'iforest/feature' does not index the manifest's %d features" % (WEIGHTS, n_features))
@@ -635,13 +732,15 @@ class Detector:
         self.mode = mode
         self.sensors: List[str] = list(manifest["sensors"])
         self.spec = FeatureSpec.from_dict(manifest["feature_spec"])
-        self.window = int(manifest["window"])
-        self.tail = int(manifest["tail"])
-        self.scale = np.asarray(manifest["scale"], dtype=np.float64)
-        self.clip = float(manifest["clip"])
+        try:
+            self.stage2_input = Stage2Input.from_manifest(manifest)
+        except ValueError as exc:
+            raise BundleError("manifest: %s" % exc) from None
+        self.window, self.span = self.stage2_input.window, self.stage2_input.span
+        self.tail, self.scale, self.clip = self.stage2_input.tail, self.stage2_input.scale, self.stage2_input.clip
         t = manifest["thresholds"]
         self.tau1, self.tau2, self.tau_iforest = float(t["tau1"]), float(t["tau2"]), float(t["iforest"])
-        self.warmup = max(self.window, self.spec.history)
+        self.warmup = max(self.span, self.spec.history)
         check_shapes(manifest, raw_weights)
 
         stage1_engine = "onnx" if engine == "onnx" or (engine == "auto" and engine_available("onnx")) else "numpy"
@@ -660,7 +759,7 @@ class Detector:
             self.stage2 = NumpyStage2(fold_weights(raw_weights))
         self.engine = engine
         self._features = FeatureState(self.spec, len(self.sensors))
-        self._buffer = np.zeros((self.window, len(self.sensors)))      # [W, sensors], oldest first
+        self._buffer = np.zeros((self.span, len(self.sensors)))        # [span, sensors], oldest first
         self.count = 0
 
     def _artifact(self, bundle_dir: Optional[str], name: str) -> str:
@@ -698,7 +797,7 @@ class Detector:
         return x
 
     def _stage2_windows(self, windows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        return stage2_scores(standardize_windows(windows, self.scale), self.stage2, self.tail, self.clip)
+        return window_scores(windows, self.stage2, self.stage2_input)
 
     def _verdict(self, s1: float, s2: Optional[float], shares: Optional[np.ndarray], warm: bool) -> Score:
         if warm:
@@ -721,7 +820,7 @@ class Detector:
         """
         x = self.check_reading(reading)
         s1 = float(self.stage1(self._features.update(x)[None, :])[0])
-        if self.count < self.window:
+        if self.count < self.span:
             self._buffer[self.count] = x
         else:
             self._buffer[:-1] = self._buffer[1:]
@@ -759,10 +858,10 @@ class Detector:
         shares = np.zeros((n, len(self.sensors)))
         ends = np.flatnonzero(run)
         if ends.size:
-            windows = np.lib.stride_tricks.sliding_window_view(values, self.window, axis=0)   # [n-W+1, s, W]
+            windows = np.lib.stride_tricks.sliding_window_view(values, self.span, axis=0)   # [n-span+1, s, span]
             for start in range(0, ends.size, batch_size):
                 chunk = ends[start:start + batch_size]
-                batch = np.ascontiguousarray(windows[chunk - self.window + 1].transpose(0, 2, 1))
+                batch = np.ascontiguousarray(windows[chunk - self.span + 1].transpose(0, 2, 1))
                 s2[chunk], shares[chunk] = self._stage2_windows(batch)
         return [self._verdict(float(s1[i]), None if np.isnan(s2[i]) else float(s2[i]), shares[i], bool(warm[i]))
                 for i in range(n)]

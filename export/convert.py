@@ -20,7 +20,7 @@ from edge_detector.export.train import TrainedModels, _log, build_autoencoder, i
 from edge_detector.runtime import (
     LSTM_LAYERS, MANIFEST, ONNX_FILE, SCHEMA_VERSION, TFLITE_FILE, WEIGHTS, Detector, NumpyStage2, OnnxStage1,
     TFLiteStage2, batch_features, fold_weights, iforest_score, manifest_digest, prepare_forest, sha256_file,
-    stage2_scores, standardize_windows,
+    prepare_windows, stage2_scores,
 )
 
 ONNX_TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
@@ -136,19 +136,20 @@ def check_parity(models: TrainedModels, data: Dataset, tmp_dir: str, raw: Dict[s
                  progress: Optional[Callable[[str], None]] = print) -> dict:
     """Every engine against the originals; raises ParityError on a miss."""
     meta = models.meta
-    W, tail, clip = int(meta["window"]), int(meta["tail"]), float(meta["clip"])
+    inp = models.stage2_input
     values = np.asarray(data.values, dtype=np.float64)
     n = values.shape[0]
-    count = min(max(PARITY_WINDOWS, 1), n - W + 1)
-    start = max(W - 1, min(meta["split"]["fit_end"], n - count))
+    count = min(max(PARITY_WINDOWS, 1), n - inp.span + 1)
+    start = max(inp.span - 1, min(meta["split"]["fit_end"], n - count))
     ends = np.arange(start, start + count)                          # consecutive windows
-    windows = windows_at(values, ends, W)
+    windows = windows_at(values, ends, inp.span)
     reference = models.stage2(windows)
-    x = standardize_windows(windows, models.scale)
+    x = prepare_windows(windows, inp)
     report = {"stage2_windows": int(count)}
     engines = {"numpy": NumpyStage2(fold_weights(raw)), "tflite": TFLiteStage2(os.path.join(tmp_dir, TFLITE_FILE))}
     for name, engine in engines.items():
-        got = np.concatenate([stage2_scores(x[i:i + 1], engine, tail, clip)[0] for i in range(count)])
+        got = np.concatenate([stage2_scores(x[i:i + 1], engine, inp.tail, inp.clip, inp.reduce)[0]
+                              for i in range(count)])
         err = _rel_error(got, reference)
         report["stage2_%s_max_rel_error" % name] = float(err.max())
         _log("parity stage 2 %-6s vs Keras : max rel error %.2e over %d consecutive windows"
@@ -201,6 +202,7 @@ def export_bundle(model_dir: str, data: Dataset, out_dir: str, progress: Optiona
             "tail": meta["tail"],
             "clip": meta["clip"],
             "scale": meta["scale"],
+            "stage2_input": models.stage2_input.extra_dict(),
             "thresholds": {k: meta["thresholds"][k] for k in ("tau1", "tau2", "iforest")},
             "iforest_offset": meta["iforest_offset"],
             "training_data": {k: meta["training_data"][k] for k in ("sha256", "rows", "train_rows")},

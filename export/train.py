@@ -1,7 +1,7 @@
 """Training and calibration: IsolationForest (stage 1), LSTM autoencoder (stage 2), LOF (reference).
 
 Everything the device computes, training computes with the device's own code: features
-come from ``runtime.batch_features``, windows from ``runtime.standardize_windows``, and the
+come from ``runtime.batch_features``, windows from ``runtime.prepare_windows``, and the
 stage-2 score from ``runtime.stage2_scores``.
 
 Split (chronological, no shuffling across time):
@@ -24,7 +24,8 @@ import numpy as np
 
 from edge_detector import __version__
 from edge_detector.export.data import Dataset
-from edge_detector.runtime import FeatureSpec, batch_features, stage2_scores, standardize_windows
+from edge_detector.runtime import (REDUCTIONS, FeatureSpec, Stage2Input, batch_features, check_choice,
+                                   prepare_windows, smooth_windows, stage2_scores, window_scores)
 
 KERAS_FILE = "lstm_ae.keras"
 IFOREST_FILE = "iforest.joblib"
@@ -52,6 +53,13 @@ class TrainConfig:
     max_samples: int = 256
     screen_share: float = 0.08       # share of normal readings stage 1 passes to stage 2
     tau2_quantile: float = 0.999     # of normal-window stage-2 scores
+    tau2_margin: float = 1.0         # tau2 = margin x that quantile (room for drift between training and use)
+    # How stage 2 sees a window (runtime.Stage2Input explains each). The defaults suit data
+    # with a trend, like the synthetic set; benchmarks/skab.py shows the settings for a test rig.
+    smooth: int = 1                  # causal rolling mean of this many readings before windowing
+    centre: str = "window"           # "window": each window's own median; "train": the training median
+    whiten: bool = False             # ZCA-whiten with the training covariance
+    reduce: str = "max"              # a window's score: worst sensor ("max") or mean over sensors
     iforest_quantile: float = 0.995  # iforest-only mode's own threshold
     lof_quantile: float = 0.995
     lof_neighbors: int = 20
@@ -69,6 +77,34 @@ class TrainConfig:
         d["features"] = FeatureSpec.from_dict(d["features"])
         d["lstm_units"] = tuple(d["lstm_units"])
         return cls(**d)
+
+
+# Named starting points for `edge-detector train --preset`. Each is measured in
+# benchmarks/README.md; a field given explicitly overrides its preset.
+PRESETS = {
+    # Data with a slow trend and a daily cycle, spikes and drops (the synthetic set): windows
+    # centred on their own median, so the trend never leaves the training range.
+    "trend": {},
+    # A test rig or a machine at a set point (SKAB): faults are sustained shifts of level and
+    # of the relations between sensors, lasting hundreds of readings, under noisy sensors. Stage
+    # 2 sees 10-reading rolling means, centred on the training median and whitened; stage 1
+    # sees raw rolling means of 5 and 15 readings. tau2 is 5.6x the 0.99 quantile of
+    # calibration scores, because normal operation drifts after training: the margin is what
+    # benchmarks/skab.py calibrated, without labels, on SKAB's normal-only recording (see
+    # benchmarks/README.md). Sized for short recordings (hundreds of rows).
+    "rig": dict(window=20, smooth=10, centre="train", whiten=True, reduce="mean", tau2_quantile=0.99,
+                tau2_margin=5.6, screen_share=0.5, lstm_units=(16, 8), bottleneck=4,
+                dropout=0.0, epochs=15, batch_size=32, stride=1,
+                features=FeatureSpec(windows=(5, 15), lags=(1,), families=("abs",))),
+}
+
+
+def preset_config(name: str, **overrides) -> "TrainConfig":
+    """A TrainConfig from a named preset, with fields overridden (None values are ignored)."""
+    check_choice("preset", name, tuple(PRESETS))
+    params = dict(PRESETS[name])
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**params)
 
 
 def _log(msg: str, progress: Optional[Callable[[str], None]]) -> None:
@@ -129,12 +165,36 @@ def windows_at(values: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
     return np.ascontiguousarray(view[ends - window + 1].transpose(0, 2, 1))
 
 
-def window_scale(values: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
-    """Per-sensor std of median-centred normal windows: the stage-2 scaler."""
-    w = windows_at(values, ends, window)
-    centred = w - np.median(w, axis=1, keepdims=True)
-    scale = centred.reshape(-1, values.shape[1]).std(axis=0)
-    return np.where(scale > 1e-12, scale, 1.0)
+CENTRES = ("window", "train")
+
+
+def fit_stage2_input(values: np.ndarray, ends: np.ndarray, config: TrainConfig) -> Stage2Input:
+    """The stage-2 input transform, fitted on the normal fit windows ending at ``ends``.
+
+    ``scale`` is the per-sensor std of the smoothed, centred windows; with ``whiten`` the
+    transform also decorrelates the sensors (ZCA: rotate to the principal axes, scale each to
+    unit variance, rotate back, so each output still belongs mostly to its own sensor and the
+    sensor shares in events keep their meaning).
+    """
+    check_choice("centre", config.centre, CENTRES)
+    check_choice("reduce", config.reduce, REDUCTIONS)
+    if config.smooth < 1:
+        raise ValueError("smooth is %d; it must be >= 1" % config.smooth)
+    n_sensors = values.shape[1]
+    inp = Stage2Input(window=config.window, scale=np.ones(n_sensors), tail=config.tail, clip=config.input_clip,
+                      smooth=config.smooth, reduce=config.reduce)
+    x = smooth_windows(windows_at(values, ends, inp.span), config.smooth)         # [b, W, s]
+    centre = np.median(x.reshape(-1, n_sensors), axis=0) if config.centre == "train" else None
+    centred = x - (np.median(x, axis=1, keepdims=True) if centre is None else centre)
+    flat = centred.reshape(-1, n_sensors)
+    scale = flat.std(axis=0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    whiten = None
+    if config.whiten:
+        eigval, eigvec = np.linalg.eigh(np.cov(flat / scale, rowvar=False))
+        eigval = np.maximum(eigval, 1e-6 * max(float(eigval.max()), 1e-12))   # a constant sensor stays finite
+        whiten = np.diag(1.0 / scale) @ eigvec @ np.diag(eigval ** -0.5) @ eigvec.T
+    return inp._replace(scale=scale, centre=centre, whiten=whiten)
 
 
 def configure_device(tf, progress) -> str:
@@ -202,21 +262,22 @@ def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None,
     lof.fit(feats[clean_rows])
     tau_lof = float(np.quantile(-lof.score_samples(feats[cal_rows]), config.lof_quantile))
 
-    # Stage 2: the LSTM autoencoder on median-centred, scaled windows of normal readings.
+    # Stage 2: the LSTM autoencoder on prepared (by default median-centred, scaled) windows of normal readings.
     tf, tf_keras = import_tf_keras()
     device = configure_device(tf, progress)
     tf_keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     W = config.window
-    fit_ends = window_ends(normal, 0, fit_end, W, config.stride)
-    cal_ends = window_ends(normal, fit_end, train_end, W, 1)
+    span = W + config.smooth - 1
+    fit_ends = window_ends(normal, 0, fit_end, span, config.stride)
+    cal_ends = window_ends(normal, fit_end, train_end, span, 1)
     if cal_ends.size < 10:
         raise ValueError("the calibration part (rows %d-%d) holds %d normal windows of %d readings; tau2 needs at "
                          "least 10: use a shorter window or a larger train fraction" % (fit_end, train_end - 1,
                                                                                         cal_ends.size, W))
-    scale = window_scale(values, fit_ends, W)
-    x_fit = standardize_windows(windows_at(values, fit_ends, W), scale)
-    x_cal = standardize_windows(windows_at(values, cal_ends, W), scale)
+    inp = fit_stage2_input(values, fit_ends, config)
+    x_fit = prepare_windows(windows_at(values, fit_ends, span), inp)
+    x_cal = prepare_windows(windows_at(values, cal_ends, span), inp)
     model = build_autoencoder(tf_keras, W, n_sensors, config)
     model.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss="mse")
     _log("stage 2: LSTM AE on %d fit windows, %d calibration windows (W=%d)" % (len(x_fit), len(x_cal), W), progress)
@@ -226,9 +287,11 @@ def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None,
     history = model.fit(x_fit, x_fit, validation_data=(x_cal_in, x_cal_in), epochs=config.epochs,
                         batch_size=config.batch_size, shuffle=True, callbacks=[stop],
                         verbose=2 if progress is not None else 0)
-    s2_cal, _ = stage2_scores(x_cal, lambda v: model.predict(v, batch_size=256, verbose=0), config.tail, c)
-    tau2 = float(np.quantile(s2_cal, config.tau2_quantile))
-    _log("stage 2: tau2=%.4f (q%.3f of %d normal windows)" % (tau2, config.tau2_quantile, len(s2_cal)), progress)
+    s2_cal, _ = stage2_scores(x_cal, lambda v: model.predict(v, batch_size=256, verbose=0), config.tail, c,
+                              config.reduce)
+    tau2 = config.tau2_margin * float(np.quantile(s2_cal, config.tau2_quantile))
+    _log("stage 2: tau2=%.4f (%g x q%.3f of %d normal windows)"
+         % (tau2, config.tau2_margin, config.tau2_quantile, len(s2_cal)), progress)
 
     meta = {
         "package_version": __version__,
@@ -238,7 +301,8 @@ def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None,
         "window": W,
         "tail": config.tail,
         "clip": config.input_clip,
-        "scale": scale.tolist(),
+        "scale": inp.scale.tolist(),
+        "stage2_input": inp.extra_dict(),
         "thresholds": {"tau1": tau1, "tau2": tau2, "iforest": tau_iforest, "lof": tau_lof},
         "iforest_offset": float(forest.offset_),
         "split": {"rows": n, "fit_end": fit_end, "train_end": train_end},
@@ -294,7 +358,8 @@ class TrainedModels:
         self.lof = joblib.load(os.path.join(model_dir, LOF_FILE))
         self._keras = None
         self.spec = FeatureSpec.from_dict(self.meta["feature_spec"])
-        self.scale = np.asarray(self.meta["scale"])
+        self.stage2_input = Stage2Input.from_manifest(self.meta)
+        self.scale = self.stage2_input.scale
 
     @property
     def keras(self):
@@ -310,7 +375,6 @@ class TrainedModels:
         return -self.lof.score_samples(features)
 
     def stage2(self, windows: np.ndarray) -> np.ndarray:
-        """Stage-2 scores of raw windows [b, W, sensors] through Keras."""
-        x = standardize_windows(windows, self.scale)
+        """Stage-2 scores of raw windows [b, span, sensors] through Keras."""
         predict = lambda v: self.keras.predict(v, batch_size=256, verbose=0)  # noqa: E731
-        return stage2_scores(x, predict, int(self.meta["tail"]), float(self.meta["clip"]))[0]
+        return window_scores(windows, predict, self.stage2_input)[0]

@@ -36,20 +36,37 @@ def synthetic(tmp_path_factory):
     return data, path
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory, synthetic):
-    """(model dir, bundle dir) of a tiny model trained and exported in this session."""
+def _train_and_export(tmp_path_factory, synthetic, name, config):
     pytest.importorskip("tensorflow")
     pytest.importorskip("sklearn")
     from edge_detector.export.convert import export_bundle
     from edge_detector.export.data import load_csv
     from edge_detector.export.train import train
     _, path = synthetic
-    root = tmp_path_factory.mktemp("model")
+    root = tmp_path_factory.mktemp(name)
     data = load_csv(str(path))
-    train(data, str(root / "model"), tiny_config(), progress=None, source=str(path))
+    train(data, str(root / "model"), config, progress=None, source=str(path))
     export_bundle(str(root / "model"), data, str(root / "bundle"), progress=None)
     return root / "model", root / "bundle"
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, synthetic):
+    """(model dir, bundle dir) of a tiny model trained and exported in this session."""
+    return _train_and_export(tmp_path_factory, synthetic, "model", tiny_config())
+
+
+# Stage 2's other input path: smoothed, centred on the training median, whitened, scored by
+# the mean over sensors; stage 1 on raw rolling means (what the "rig" preset uses).
+RIG_OPTIONS = dict(smooth=3, centre="train", whiten=True, reduce="mean", tau2_margin=1.5)
+
+
+@pytest.fixture(scope="session")
+def trained_rig(tmp_path_factory, synthetic):
+    """(model dir, bundle dir) of a tiny model with the test-rig stage-2 options."""
+    from edge_detector.runtime import FeatureSpec
+    config = tiny_config(features=FeatureSpec(windows=(5, 15), families=("abs", "diff")), **RIG_OPTIONS)
+    return _train_and_export(tmp_path_factory, synthetic, "model-rig", config)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from edge_detector.runtime import Detector, batch_features, stage2_scores, standardize_windows
+from edge_detector.runtime import Detector, batch_features, prepare_windows, stage2_scores
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +47,11 @@ def reference(trained, synthetic):
     screened = np.array([i for i in range(start, n) if s1_orig[i] > det.tau1 and i + 1 >= det.warmup])
     alarms_orig = np.zeros(n, dtype=bool)
     if screened.size:
-        view = np.lib.stride_tricks.sliding_window_view(values, det.window, axis=0)
-        windows = np.ascontiguousarray(view[screened - det.window + 1].transpose(0, 2, 1))
-        x = standardize_windows(windows, det.scale)
-        s2, _ = stage2_scores(x, lambda v: keras.predict(v, verbose=0), det.tail, det.clip)
+        view = np.lib.stride_tricks.sliding_window_view(values, det.span, axis=0)
+        windows = np.ascontiguousarray(view[screened - det.span + 1].transpose(0, 2, 1))
+        x = prepare_windows(windows, det.stage2_input)
+        inp = det.stage2_input
+        s2, _ = stage2_scores(x, lambda v: keras.predict(v, verbose=0), inp.tail, inp.clip, inp.reduce)
         alarms_orig[screened] = s2 > det.tau2
     alarms_numpy = np.array([r.is_anomaly for r in det.score(values)])
     return {"start": start, "s1_orig": s1_orig[start:], "s1_numpy": s1_numpy,

@@ -15,6 +15,7 @@ def streamed(values, spec):
 
 
 ALL_FAMILIES = FeatureSpec(lags=(1, 5), families=FEATURE_FAMILIES)
+RELATIVE = FeatureSpec(lags=(1, 5), families=tuple(f for f in FEATURE_FAMILIES if f != "abs"))
 
 
 def test_streaming_equals_batch_on_synthetic():
@@ -46,10 +47,12 @@ def test_streaming_equals_batch_on_random_data(values, windows, lags, families):
 
 
 def test_features_ignore_the_level():
-    # A constant offset (a drifted level) must not move any feature.
+    # A constant offset (a drifted level) must not move any feature but the "abs" family's.
     from edge_detector.export.data import generate
     values = generate(n=1500, seed=5).values
-    assert_allclose(batch_features(values + 1000.0, ALL_FAMILIES), batch_features(values, ALL_FAMILIES), atol=1e-9)
+    assert_allclose(batch_features(values + 1000.0, RELATIVE), batch_features(values, RELATIVE), atol=1e-9)
+    absolute = FeatureSpec(windows=(5, 15), families=("abs",))
+    assert_allclose(batch_features(values + 1000.0, absolute), batch_features(values, absolute) + 1000.0, rtol=1e-12)
 
 
 def test_names_match_columns():
@@ -57,7 +60,8 @@ def test_names_match_columns():
         names = feature_names(spec, ["a", "b", "c"])
         assert batch_features(np.zeros((4, 3)), spec).shape == (4, len(names))
     assert feature_names(FeatureSpec(), ["a"]) == ["a:x-mean50", "a:mean5-mean50", "a:mean15-mean50", "a:diff1"]
-    assert feature_names(ALL_FAMILIES, ["a", "b"])[-1] == "b:diff5"
+    assert feature_names(RELATIVE, ["a", "b"])[-1] == "b:diff5"
+    assert feature_names(ALL_FAMILIES, ["a", "b"])[-3:] == ["b:mean5", "b:mean15", "b:mean50"]
 
 
 def test_a_spec_without_columns_is_refused():

@@ -24,8 +24,11 @@ def windows_ending(values, ends, w):
 
 
 @pytest.mark.parametrize("engine", ["numpy", "tflite"])
-def test_stage2_parity_streaming_and_batch_over_1000_windows(trained, synthetic, originals, engine):
-    _, bundle = trained
+@pytest.mark.parametrize("model", ["trained", "trained_rig"])
+def test_stage2_parity_streaming_and_batch_over_1000_windows(request, synthetic, engine, model):
+    from edge_detector.export.train import TrainedModels
+    model_dir, bundle = request.getfixturevalue(model)
+    originals = TrainedModels(str(model_dir))
     data, _ = synthetic
     det = Detector.load(str(bundle), engine=engine, mode="lstm")
     assert det.engines["stage2"] == engine
@@ -33,7 +36,7 @@ def test_stage2_parity_streaming_and_batch_over_1000_windows(trained, synthetic,
     batch = det.score(data.values)
     ends = np.array([i for i, r in enumerate(streamed) if r.stage2 is not None])
     assert len(ends) >= 1000 and np.all(np.diff(ends) == 1)
-    reference = originals.stage2(windows_ending(data.values, ends, det.window))
+    reference = originals.stage2(windows_ending(data.values, ends, det.span))
     s_stream = np.array([streamed[i].stage2 for i in ends])
     s_batch = np.array([batch[i].stage2 for i in ends])
     np.testing.assert_allclose(s_stream, reference, rtol=1e-4)
