@@ -92,36 +92,34 @@ DEFAULT_MARGINS = {"tau2_margin": 5.614, "t2_margin": 7.199}
 FIT_ROWS = 300          # rows 0..299 fit the models; rows 300..399 calibrate thresholds and early stopping
 
 
+def csv_layouts(data_dir: str) -> list:
+    """(path, header layout) of every CSV under ``data_dir``, recursively, sorted by relative path."""
+    from edge_detector.runtime import parse_header
+    paths = [os.path.join(root, name) for root, _, files in os.walk(data_dir) for name in files
+             if name.lower().endswith(".csv")]
+    out = []
+    for path in sorted(paths, key=lambda p: os.path.relpath(p, data_dir)):
+        with open(path, "r", encoding="utf-8", newline="") as fh:
+            out.append((path, parse_header(fh.readline())))
+    return out
+
+
 def find_labelled(data_dir: str) -> List[str]:
     """Every CSV under ``data_dir`` (sorted, recursive) whose header has an ``anomaly`` column."""
-    from edge_detector.runtime import LABEL_NAMES, parse_header
-    out = []
-    for root, _, files in os.walk(data_dir):
-        for name in files:
-            if not name.lower().endswith(".csv"):
-                continue
-            path = os.path.join(root, name)
-            with open(path, "r", encoding="utf-8", newline="") as fh:
-                header = fh.readline()
-            layout = parse_header(header)
-            if layout.label_index is not None and layout.header[layout.label_index].lower() in LABEL_NAMES:
-                out.append(path)
-    return sorted(out, key=lambda p: os.path.relpath(p, data_dir))
+    from edge_detector.runtime import LABEL_NAMES
+    return [path for path, layout in csv_layouts(data_dir)
+            if layout.label_index is not None and layout.header[layout.label_index].lower() in LABEL_NAMES]
 
 
 def find_unlabelled(data_dir: str) -> List[str]:
     """CSVs under ``data_dir`` without a label column: recordings of normal operation only."""
-    from edge_detector.runtime import parse_header
-    labelled = set(find_labelled(data_dir))
-    out = []
-    for root, _, files in os.walk(data_dir):
-        for name in files:
-            path = os.path.join(root, name)
-            if name.lower().endswith(".csv") and path not in labelled:
-                with open(path, "r", encoding="utf-8", newline="") as fh:
-                    if parse_header(fh.readline()).label_index is None:
-                        out.append(path)
-    return sorted(out, key=lambda p: os.path.relpath(p, data_dir))
+    return [path for path, layout in csv_layouts(data_dir) if layout.label_index is None]
+
+
+def data_rows(path: str) -> int:
+    """Rows after the header that hold anything (counted, not parsed: the files are loaded later)."""
+    with open(path, "r", encoding="utf-8", newline="") as fh:
+        return sum(1 for line in fh if line.strip()) - 1
 
 
 def calibration_sets(paths: Sequence[str], chunk_rows: int, data_dir: str) -> list:
@@ -301,8 +299,8 @@ def score_dataset(data, name: str, workdir: str, modes: Sequence[str], engine: s
     out["t2_rolling10"] = {"alarm": ref["alarm"][TRAIN_ROWS:], "score": ref["score"][TRAIN_ROWS:],
                            "stage2": np.zeros(n - TRAIN_ROWS, dtype=bool)}
     if t2_margin is not None:
-        alarm = ref["score"][TRAIN_ROWS:] * T2_MULTIPLIER > t2_margin
-        out["t2_calibrated"] = {"alarm": alarm, "score": ref["score"][TRAIN_ROWS:] * T2_MULTIPLIER / t2_margin,
+        t2_over_q99 = ref["score"][TRAIN_ROWS:] * T2_MULTIPLIER
+        out["t2_calibrated"] = {"alarm": t2_over_q99 > t2_margin, "score": t2_over_q99 / t2_margin,
                                 "stage2": np.zeros(n - TRAIN_ROWS, dtype=bool)}
     return out
 
@@ -353,10 +351,9 @@ def run(data_dir: str, modes: Sequence[str], engine: str = "numpy", seed: int = 
     t0 = time.time()
     try:
         if margins is None and "tau2_margin" not in overrides:
-            from edge_detector.export.data import load_csv
             normal_only = find_unlabelled(data_dir)
             if normal_only:
-                chunk_rows = int(np.median([len(load_csv(p).values) for p in files]))
+                chunk_rows = int(np.median([data_rows(p) for p in files]))
                 sets = calibration_sets(normal_only, chunk_rows, data_dir)
                 margins = calibrate_margins(sets, workdir, engine, seed, overrides, jobs, progress)
         if margins is None:

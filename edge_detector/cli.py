@@ -12,6 +12,7 @@ import time
 import click
 
 from edge_detector import __version__
+from edge_detector.export.train import PRESETS   # numpy and the runtime only; TensorFlow loads inside train()
 from edge_detector.runtime import (
     ENGINES, MISSING_POLICIES, MODES, OUTPUT_FORMATS, BundleError, Detector, InputError, StreamPolicy, run_stream,
 )
@@ -92,7 +93,7 @@ def with_data_options(fn):
 @click.argument("data", type=click.Path(dir_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
 @with_data_options
-@click.option("--preset", type=click.Choice(["trend", "rig"]), default="trend", show_default=True,
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="trend", show_default=True,
               help="Starting settings: 'trend' for data with a slow trend and daily cycle and short anomalies "
               "(W=50, windows centred on their own median); 'rig' for a machine at a set point whose faults are "
               "sustained shifts (W=20 on 10-reading means, centred on the training median and whitened; the "

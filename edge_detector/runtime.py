@@ -413,14 +413,13 @@ REDUCTIONS = ("max", "mean")
 def standardize_windows(windows: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Centre each window on its own per-sensor median and divide by the training scale.
 
-    [batch, time, sensors] -> [batch, time, sensors], float32. Centring per window removes
-    the level (and so any slow trend); the model sees shape, not absolute value. The median,
-    not the mean: a spike would shift its window's mean by spike/W and so raise the error
-    of every reading for W readings after it (measured: LSTM-only F1 0.40 -> 0.52).
+    [batch, time, sensors] -> [batch, time, sensors], float32: ``prepare_windows`` with the
+    default ``Stage2Input``. Centring per window removes the level (and so any slow trend);
+    the model sees shape, not absolute value. The median, not the mean: a spike would shift
+    its window's mean by spike/W and so raise the error of every reading for W readings
+    after it (measured: LSTM-only F1 0.40 -> 0.52).
     """
-    windows = np.asarray(windows, dtype=np.float64)
-    centred = windows - np.median(windows, axis=1, keepdims=True)
-    return (centred / scale).astype(np.float32)
+    return prepare_windows(windows, Stage2Input(window=np.shape(windows)[1], scale=scale))
 
 
 def smooth_windows(raw: np.ndarray, k: int) -> np.ndarray:
@@ -441,8 +440,6 @@ def smooth_windows(raw: np.ndarray, k: int) -> np.ndarray:
 def prepare_windows(raw: np.ndarray, inp: Stage2Input) -> np.ndarray:
     """Raw windows -> the autoencoder's input: [batch, span, sensors] -> [batch, W, sensors], float32."""
     x = smooth_windows(np.asarray(raw, dtype=np.float64), inp.smooth)
-    if inp.centre is None and inp.whiten is None:
-        return standardize_windows(x, inp.scale)
     centred = x - (np.median(x, axis=1, keepdims=True) if inp.centre is None else inp.centre)
     z = centred / inp.scale if inp.whiten is None else centred @ inp.whiten
     return z.astype(np.float32)
@@ -736,8 +733,6 @@ class Detector:
             self.stage2_input = Stage2Input.from_manifest(manifest)
         except ValueError as exc:
             raise BundleError("manifest: %s" % exc) from None
-        self.window, self.span = self.stage2_input.window, self.stage2_input.span
-        self.tail, self.scale, self.clip = self.stage2_input.tail, self.stage2_input.scale, self.stage2_input.clip
         t = manifest["thresholds"]
         self.tau1, self.tau2, self.tau_iforest = float(t["tau1"]), float(t["tau2"]), float(t["iforest"])
         self.warmup = max(self.span, self.spec.history)
@@ -761,6 +756,13 @@ class Detector:
         self._features = FeatureState(self.spec, len(self.sensors))
         self._buffer = np.zeros((self.span, len(self.sensors)))        # [span, sensors], oldest first
         self.count = 0
+
+    # Read-only views of the stage-2 input transform, kept as attributes for callers.
+    window = property(lambda self: self.stage2_input.window, doc="W: steps the autoencoder sees.")
+    span = property(lambda self: self.stage2_input.span, doc="Raw readings behind one stage-2 window.")
+    tail = property(lambda self: self.stage2_input.tail)
+    scale = property(lambda self: self.stage2_input.scale)
+    clip = property(lambda self: self.stage2_input.clip)
 
     def _artifact(self, bundle_dir: Optional[str], name: str) -> str:
         if bundle_dir is None or name not in self.manifest["files"]:

@@ -168,8 +168,8 @@ def windows_at(values: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
 CENTRES = ("window", "train")
 
 
-def fit_stage2_input(values: np.ndarray, ends: np.ndarray, config: TrainConfig) -> Stage2Input:
-    """The stage-2 input transform, fitted on the normal fit windows ending at ``ends``.
+def fit_stage2_input(raw: np.ndarray, config: TrainConfig) -> Stage2Input:
+    """The stage-2 input transform, fitted on normal raw fit windows [b, W + smooth - 1, sensors].
 
     ``scale`` is the per-sensor std of the smoothed, centred windows; with ``whiten`` the
     transform also decorrelates the sensors (ZCA: rotate to the principal axes, scale each to
@@ -180,10 +180,10 @@ def fit_stage2_input(values: np.ndarray, ends: np.ndarray, config: TrainConfig) 
     check_choice("reduce", config.reduce, REDUCTIONS)
     if config.smooth < 1:
         raise ValueError("smooth is %d; it must be >= 1" % config.smooth)
-    n_sensors = values.shape[1]
+    n_sensors = raw.shape[2]
     inp = Stage2Input(window=config.window, scale=np.ones(n_sensors), tail=config.tail, clip=config.input_clip,
                       smooth=config.smooth, reduce=config.reduce)
-    x = smooth_windows(windows_at(values, ends, inp.span), config.smooth)         # [b, W, s]
+    x = smooth_windows(np.asarray(raw, dtype=np.float64), config.smooth)         # [b, W, s]
     centre = np.median(x.reshape(-1, n_sensors), axis=0) if config.centre == "train" else None
     centred = x - (np.median(x, axis=1, keepdims=True) if centre is None else centre)
     flat = centred.reshape(-1, n_sensors)
@@ -275,8 +275,9 @@ def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None,
         raise ValueError("the calibration part (rows %d-%d) holds %d normal windows of %d readings; tau2 needs at "
                          "least 10: use a shorter window or a larger train fraction" % (fit_end, train_end - 1,
                                                                                         cal_ends.size, W))
-    inp = fit_stage2_input(values, fit_ends, config)
-    x_fit = prepare_windows(windows_at(values, fit_ends, span), inp)
+    raw_fit = windows_at(values, fit_ends, span)                 # [b, span, sensors], cut once
+    inp = fit_stage2_input(raw_fit, config)
+    x_fit = prepare_windows(raw_fit, inp)
     x_cal = prepare_windows(windows_at(values, cal_ends, span), inp)
     model = build_autoencoder(tf_keras, W, n_sensors, config)
     model.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss="mse")
@@ -359,7 +360,6 @@ class TrainedModels:
         self._keras = None
         self.spec = FeatureSpec.from_dict(self.meta["feature_spec"])
         self.stage2_input = Stage2Input.from_manifest(self.meta)
-        self.scale = self.stage2_input.scale
 
     @property
     def keras(self):

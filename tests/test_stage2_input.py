@@ -34,11 +34,11 @@ def test_whitening_decorrelates_the_training_windows():
     values = np.hstack([common + 0.3 * rng.normal(size=(3000, 1)), 2 * common + 0.5 * rng.normal(size=(3000, 1)),
                         rng.normal(size=(3000, 1)) + 40])
     config = TrainConfig(window=20, smooth=3, centre="train", whiten=True, reduce="mean")
-    ends = np.arange(21, 3000)
-    inp = fit_stage2_input(values, ends, config)
-    assert inp.span == 22 and inp.centre.shape == (3,) and inp.whiten.shape == (3, 3)
     from edge_detector.export.train import windows_at
-    z = prepare_windows(windows_at(values, ends, inp.span), inp).reshape(-1, 3).astype(np.float64)
+    raw = windows_at(values, np.arange(21, 3000), 22)
+    inp = fit_stage2_input(raw, config)
+    assert inp.span == 22 and inp.centre.shape == (3,) and inp.whiten.shape == (3, 3)
+    z = prepare_windows(raw, inp).reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(np.cov(z, rowvar=False), np.eye(3), atol=0.05)
     # ZCA keeps each output on its own sensor: the matrix is symmetric after undoing the scale
     np.testing.assert_allclose(np.diag(inp.scale) @ inp.whiten, (np.diag(inp.scale) @ inp.whiten).T, atol=1e-9)
@@ -56,13 +56,13 @@ def test_a_training_centre_keeps_a_level_shift_visible(rng):
 
 def test_unknown_options_are_refused_by_name():
     from edge_detector.export.train import TrainConfig, fit_stage2_input
-    values, ends = np.zeros((100, 2)), np.arange(30, 100)
+    raw = np.zeros((70, 20, 2))
     with pytest.raises(ValueError, match="centre 'median' is not one of window, train"):
-        fit_stage2_input(values, ends, TrainConfig(window=20, centre="median"))
+        fit_stage2_input(raw, TrainConfig(window=20, centre="median"))
     with pytest.raises(ValueError, match="reduce 'sum' is not one of max, mean"):
-        fit_stage2_input(values, ends, TrainConfig(window=20, reduce="sum"))
+        fit_stage2_input(raw, TrainConfig(window=20, reduce="sum"))
     with pytest.raises(ValueError, match="smooth is 0"):
-        fit_stage2_input(values, ends, TrainConfig(window=20, smooth=0))
+        fit_stage2_input(raw, TrainConfig(window=20, smooth=0))
 
 
 def _rewrite(bundle, tmp_path, change):
