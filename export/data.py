@@ -17,12 +17,31 @@ ANOMALY_KINDS = ("spike", "drop", "contextual", "collective")
 MINUTES_PER_DAY = 1440
 
 
+class SignalParams(NamedTuple):
+    """The normal part of the synthetic signal, one value per sensor.
+
+    A reading is ``base + trend * t + amplitude * sin(2 pi t / 1440) + noise * N(0, 1)``: every
+    sensor shares the daily cycle's phase. Kept so that analyses (benchmarks/contextual_ceiling.py)
+    can compare a detector with one that knows the generating model.
+    """
+    base: np.ndarray
+    trend: np.ndarray
+    amplitude: np.ndarray
+    noise: np.ndarray                  # the Gaussian noise's standard deviation
+
+    def expected(self, t: np.ndarray) -> np.ndarray:
+        """The noise-free normal signal: [time] minute indices -> [time, sensors]."""
+        return (self.base + self.trend * t[:, None]
+                + self.amplitude * np.sin(2 * np.pi * t[:, None] / MINUTES_PER_DAY))
+
+
 class Dataset(NamedTuple):
     values: np.ndarray                 # [time, sensors] float64
     sensors: List[str]
     timestamps: Optional[List[str]]
     labels: Optional[np.ndarray]       # [time] bool, or None when the file has no label column
     kinds: Optional[List[str]]         # anomaly_type per reading ('' for normal), when present
+    signal: Optional[SignalParams] = None   # synthetic data only: how the normal part was drawn
 
     @property
     def sha256(self) -> str:
@@ -48,12 +67,9 @@ def generate(n: int = 10_000, seed: int = 42, n_sensors: int = 4) -> Dataset:
         raise ValueError("the synthetic layout has exactly 4 sensors, got %d" % n_sensors)
     rng = np.random.default_rng(seed)
     t = np.arange(n, dtype=np.float64)
-    base = rng.uniform(30, 70, n_sensors)
-    trend = rng.uniform(-0.002, 0.002, n_sensors)
-    amplitude = rng.uniform(5, 15, n_sensors)
-    noise = rng.uniform(1, 3, n_sensors)
-    values = (base + trend * t[:, None] + amplitude * np.sin(2 * np.pi * t[:, None] / MINUTES_PER_DAY)
-              + rng.normal(0.0, 1.0, (n, n_sensors)) * noise)
+    signal = SignalParams(base=rng.uniform(30, 70, n_sensors), trend=rng.uniform(-0.002, 0.002, n_sensors),
+                          amplitude=rng.uniform(5, 15, n_sensors), noise=rng.uniform(1, 3, n_sensors))
+    values = signal.expected(t) + rng.normal(0.0, 1.0, (n, n_sensors)) * signal.noise
 
     kinds = np.array([""] * n, dtype=object)
     scale = n / 10_000
@@ -87,7 +103,7 @@ def generate(n: int = 10_000, seed: int = 42, n_sensors: int = 4) -> Dataset:
     start = dt.datetime(2024, 1, 1)
     timestamps = [(start + dt.timedelta(minutes=i)).strftime("%Y-%m-%d %H:%M:%S") for i in range(n)]
     sensors = ["sensor_%d" % (i + 1) for i in range(n_sensors)]
-    return Dataset(values, sensors, timestamps, kinds != "", list(kinds))
+    return Dataset(values, sensors, timestamps, kinds != "", list(kinds), signal)
 
 
 def write_csv(data: Dataset, path: str) -> None:

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny model trained once per test session, and paths to the shared data."""
+import importlib.util
 import os
 import pathlib
 
@@ -16,6 +17,14 @@ def skab_file(name="valve1/0.csv"):
     if not path.is_file():
         pytest.skip("SKAB data not found at %s (set EDGE_DETECTOR_SHARED)" % path)
     return path
+
+
+def load_benchmark(name):
+    """A script from benchmarks/ as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location("benchmark_" + name, REPO / "benchmarks" / (name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(**overrides):

@@ -1,5 +1,4 @@
 """The SKAB protocol benchmark (benchmarks/skab.py) end to end on one real SKAB file."""
-import importlib.util
 import json
 import shutil
 import time
@@ -7,14 +6,11 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, skab_file
+from tests.conftest import load_benchmark, skab_file
 
 
 def load_skab_module():
-    spec = importlib.util.spec_from_file_location("skab_benchmark", REPO / "benchmarks" / "skab.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("skab")
 
 
 def test_metrics_match_the_skab_definitions():
