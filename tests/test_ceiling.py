@@ -23,7 +23,7 @@ def test_the_kept_signal_is_the_one_the_normal_readings_were_drawn_from():
     assert np.abs(noise[context, 2]).max() > 3
 
 
-def test_matched_filter_is_causal_and_finds_a_reflection():
+def test_oracle_statistics_are_causal_and_find_a_reflection():
     ceiling = load_ceiling_module()
     assert doctest.testmod(ceiling).failed == 0
     g = ceiling.reflection_template()
@@ -34,6 +34,9 @@ def test_matched_filter_is_causal_and_finds_a_reflection():
     clean, dirty = ceiling.matched_filter(noise, g), ceiling.matched_filter(with_reflection, g)
     assert np.array_equal(clean[:2000], dirty[:2000])     # nothing before the window sees it
     assert dirty[2049] > 4 * np.quantile(clean, 0.999)    # expected about D^2 * sum(g^2) = 153
+    clean, dirty = ceiling.residual_energy(noise), ceiling.residual_energy(with_reflection)
+    assert np.array_equal(clean[:2000], dirty[:2000])
+    assert dirty[2049] > 2 * np.quantile(clean, 0.999)    # expected about D^2 * sum(g^2) / sqrt(100) = 15
 
 
 def test_extra_needed_and_the_no_context_ceiling():
@@ -47,4 +50,5 @@ def test_extra_needed_and_the_no_context_ceiling():
     mix = r["test_mix"]
     caught = mix["spike"] + mix["drop"] + mix["collective"]
     assert r["no_context"] == 2 * caught / (2 * caught + mix["contextual"])
-    assert r["no_context"] <= r["oracle_normal"] and r["no_context"] <= r["oracle_best"]
+    for name in ("matched", "energy"):                  # the label-picked threshold is never worse
+        assert r["no_context"] <= r[name + "_best"]["f1"] and r[name + "_normal"]["f1"] <= r[name + "_best"]["f1"]
