@@ -37,7 +37,7 @@ from typing import Optional
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from edge_detector.export.data import MINUTES_PER_DAY, generate
+from edge_detector.export.data import ANOMALY_KINDS, MINUTES_PER_DAY, generate
 
 REFLECTED = 50           # length of a contextual window in generate()
 TARGET_F1 = 0.70         # issue 2's goal for the five-seed mean
@@ -127,7 +127,7 @@ def ceiling_seed(seed: int, normal_quantile: float = NORMAL_QUANTILE) -> dict:
     calibration = ~touched[:start]
     y, ctx = labels[start:], context[start:]
     base = y & ~ctx                                       # every non-contextual anomaly, caught
-    out = {"test_mix": {k: int(np.sum(kinds[start:] == k)) for k in ("spike", "drop", "contextual", "collective")},
+    out = {"test_mix": {k: int(np.sum(kinds[start:] == k)) for k in ANOMALY_KINDS},
            "no_context": f1_score(y, base)}
     windows = [{"start": int(start + s)} for s in np.flatnonzero(ctx & ~np.concatenate([[False], ctx[:-1]]))]
     for name, stat in (("matched", matched_filter(residual, reflection_template())),
