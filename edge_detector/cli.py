@@ -331,26 +331,34 @@ def package(bundle, out):
               help="A gap longer than this many median intervals resets the window state (0: never).")
 @click.option("--client-id", default=None, help="MQTT client id (default: edge-detector-<pid>).")
 @click.option("--username", default=None, help="MQTT user name; the password comes from $MQTT_PASSWORD.")
+@click.option("--persistent-session/--clean-session", default=False, show_default=True,
+              help="Keep the broker session across restarts (needs --client-id): readings sent while the bridge "
+                   "is down wait at the broker, and each is acknowledged only once scored.")
 @library_errors
 def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format, engine, mode, missing, gap_factor,
-         client_id, username):
+         client_id, username, persistent_session):
     """Subscribe to a topic of JSON readings and publish alarm events to another topic.
 
     Needs the mqtt extra (paho-mqtt). Each message is one JSON reading keyed by sensor name,
     as in detect's JSON Lines input; an event's line is the message's sequence number.
     Rejected messages and notices go to stderr as JSON lines. SIGTERM or SIGINT finish the
     current message, wait for outstanding publishes, print the counts to stderr and exit 0.
+    No received reading is dropped: a stop scores every message already received, or, with
+    --persistent-session, leaves the unscored ones to the broker for the next start.
 
     Example:
 
         edge-detector mqtt bundle/ --host 127.0.0.1 --in-topic plant/readings --out-topic plant/alarms
     """
+    if persistent_session and not client_id:
+        raise click.UsageError("--persistent-session needs --client-id: the broker keeps the session under that id")
     from edge_detector.mqtt import run_bridge  # noqa: PLC0415
     detector = Detector.load(bundle, engine=engine, mode=mode)
     counts = run_bridge(detector, host=host, port=port, in_topic=in_topic, out_topic=out_topic, qos=qos,
                         alarms_only=not all_events, policy=StreamPolicy(missing=missing, gap_factor=gap_factor),
                         output_format=output_format, client_id=client_id, username=username,
-                        password=os.environ.get("MQTT_PASSWORD"), err=sys.stderr)
+                        password=os.environ.get("MQTT_PASSWORD"), err=sys.stderr,
+                        persistent_session=persistent_session)
     _echo_err(json.dumps({"stats": counts}))
 
 

@@ -11,6 +11,15 @@ rejected, missing values follow the policy, long gaps reset the window, and an e
 published, one per message, to the output topic; rejected messages and notices go to
 stderr as JSON lines (journald under systemd). SIGTERM or SIGINT stop cleanly: the current
 message is finished, outstanding publishes are waited for, and the counts come back.
+
+No received reading is dropped at a stop. The broker counts a QoS 1 message as delivered once
+the client acknowledges it, so:
+
+- with a clean session (the default), the bridge acknowledges on receipt; at a stop it
+  unsubscribes, waits for the broker's answer, then scores every message it has received;
+- with ``persistent_session`` (a fixed ``client_id``), it acknowledges each message only
+  after scoring it and stops without draining. The broker keeps the session, hands the
+  unacknowledged messages back at the next start, and queues what arrives meanwhile.
 """
 import json
 import os
@@ -56,12 +65,14 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
                policy: StreamPolicy = StreamPolicy(), output_format: str = "jsonl",
                client_id: Optional[str] = None, username: Optional[str] = None, password: Optional[str] = None,
                keepalive: int = 60, err=None, stop: Optional[threading.Event] = None,
-               stop_on_signals: bool = True) -> Dict[str, int]:
+               stop_on_signals: bool = True, persistent_session: bool = False) -> Dict[str, int]:
     """Run the bridge until SIGTERM/SIGINT (or ``stop`` is set); returns the stream's counts."""
+    if persistent_session and not client_id:
+        raise ValueError("a persistent session needs a fixed client id: the broker keeps the session under it")
     mqtt = _paho()
     err = err if err is not None else sys.stderr
     stop = stop if stop is not None else threading.Event()
-    inbox: "queue.Queue[bytes]" = queue.Queue()
+    inbox: queue.Queue = queue.Queue()                   # received paho MQTTMessage objects
     lock = threading.Lock()
 
     def note(record: dict) -> None:
@@ -69,7 +80,8 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
             err.write(json.dumps(record) + "\n")
             err.flush()
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "edge-detector-%d" % os.getpid())
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "edge-detector-%d" % os.getpid(),
+                         clean_session=not persistent_session, manual_ack=persistent_session)
     if username:
         client.username_pw_set(username, password)
 
@@ -87,9 +99,14 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
             note({"notice": "MQTT disconnected (%s); reconnecting" % reason_code})
 
     def on_message(client, userdata, message):
-        inbox.put(message.payload)
+        inbox.put(message)
 
-    client.on_connect, client.on_subscribe = on_connect, on_subscribe
+    unsubscribed = threading.Event()
+
+    def on_unsubscribe(client, userdata, mid, reason_codes, properties):
+        unsubscribed.set()
+
+    client.on_connect, client.on_subscribe, client.on_unsubscribe = on_connect, on_subscribe, on_unsubscribe
     client.on_disconnect, client.on_message = on_disconnect, on_message
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     client.connect(host, port, keepalive)
@@ -102,21 +119,36 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
     n = 0
+
+    def handle(message) -> None:
+        nonlocal n
+        n += 1
+        try:
+            # one message is one reading, whatever its line breaks
+            text = message.payload.decode("utf-8").replace("\r", " ").replace("\n", " ")
+            reading = parse_json_line(text, detector.sensors, n)
+        except (UnicodeDecodeError, InputError) as exc:
+            scorer.feed(n, None, str(exc))
+        else:
+            scorer.feed(n, reading, None)
+        if persistent_session:
+            client.ack(message.mid, message.qos)      # scored (or rejected): the broker may forget it
+
     try:
         while not stop.is_set():
             try:
-                payload = inbox.get(timeout=0.2)
+                message = inbox.get(timeout=0.2)
             except queue.Empty:
                 continue
-            n += 1
-            try:
-                # one message is one reading, whatever its line breaks
-                text = payload.decode("utf-8").replace("\r", " ").replace("\n", " ")
-                reading = parse_json_line(text, detector.sensors, n)
-            except (UnicodeDecodeError, InputError) as exc:
-                scorer.feed(n, None, str(exc))
-                continue
-            scorer.feed(n, reading, None)
+            handle(message)
+        if not persistent_session:
+            # acknowledged on receipt, so the broker will not send these again: stop the flow,
+            # then score everything already here
+            result, _ = client.unsubscribe(in_topic)
+            if result == mqtt.MQTT_ERR_SUCCESS and not unsubscribed.wait(5):
+                note({"notice": "no answer to the unsubscribe within 5 s; scoring what has arrived"})
+            while not inbox.empty():
+                handle(inbox.get_nowait())
         scorer.flush_pending()
     finally:
         stop.set()

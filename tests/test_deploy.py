@@ -236,6 +236,25 @@ def test_systemd_unit_has_the_required_settings():
     assert not any(line.startswith("User=root") for line in unit.splitlines())
 
 
+def test_the_units_command_line_parses_with_the_cli():
+    """ExecStart's options, with the shipped defaults, as the mqtt command would read them."""
+    import shlex
+
+    from edge_detector.cli import mqtt
+    unit = (DEPLOY / "edge-detector.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    defaults = (DEPLOY / "edge-detector.default").read_text()
+    env_args = shlex.split(next(line for line in defaults.splitlines() if line.startswith("EDGE_DETECTOR_ARGS=")
+                                ).split("=", 1)[1])[0]
+    words = shlex.split(exec_start.split("=", 1)[1].replace("%H", "gw1").replace("$EDGE_DETECTOR_ARGS", env_args))
+    assert words[0].endswith("/edge-detector") and words[1] == "mqtt"
+    params = mqtt.make_context("mqtt", words[2:]).params
+    assert params["persistent_session"] and params["client_id"] == "edge-detector-gw1"
+    assert params["in_topic"] == "sensors/readings" and params["qos"] == 1
+    # the override the unit's comment promises
+    assert not mqtt.make_context("mqtt", words[2:] + ["--clean-session"]).params["persistent_session"]
+
+
 def test_systemd_analyze_verify(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if not analyze:

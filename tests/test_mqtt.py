@@ -62,7 +62,6 @@ def test_mqtt_round_trip_equals_detect(broker, trained, synthetic, tmp_path):
     _, bundle = trained
     _, csv_path = synthetic
     lines = csv_path.read_text().splitlines()
-    header = lines[0].split(",")
     csv_1000 = tmp_path / "readings.csv"
     csv_1000.write_text("\n".join(lines[:N + 1]) + "\n")
     result = CliRunner().invoke(cli, ["detect", str(bundle), str(csv_1000), "--alarms-only"])
@@ -71,20 +70,7 @@ def test_mqtt_round_trip_equals_detect(broker, trained, synthetic, tmp_path):
     assert expected, "the first 1,000 readings raise no alarm: the test would prove nothing"
 
     # the subscriber to the alarm topic, first
-    received, got_all = [], threading.Event()
-    sub = _client("test-sub")
-
-    def on_message(client, userdata, message):
-        received.append(json.loads(message.payload))
-        if len(received) >= len(expected):
-            got_all.set()
-    subscribed = threading.Event()
-    sub.on_message = on_message
-    sub.on_subscribe = lambda *a: subscribed.set()
-    sub.connect("127.0.0.1", broker)
-    sub.subscribe("plant/alarms", qos=1)
-    sub.loop_start()
-    assert subscribed.wait(10)
+    sub, received, got_all = _subscriber(broker, "plant/alarms", len(expected))
 
     # the bridge, as a service runs it
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
@@ -103,21 +89,9 @@ def test_mqtt_round_trip_equals_detect(broker, trained, synthetic, tmp_path):
     reader.start()
     try:
         assert ready.wait(60), "bridge never subscribed: %s" % "".join(stderr_lines)
-        pub = _client("test-pub")
-        pub.connect("127.0.0.1", broker)
-        pub.loop_start()
-        infos = []
-        for row in lines[1:N + 1]:
-            fields = dict(zip(header, row.split(",")))
-            reading = {"timestamp": fields["timestamp"]}
-            reading.update({k: float(v) for k, v in fields.items() if k.startswith("sensor_")})
-            infos.append(pub.publish("plant/readings", json.dumps(reading), qos=1))
-        for info in infos:
-            info.wait_for_publish(timeout=30)
+        _publish_all(broker, "plant/readings", _payloads(csv_path, N))
         assert got_all.wait(60), "received %d of %d alarm events" % (len(received), len(expected))
         time.sleep(1.0)                                          # nothing beyond the expected alarms
-        pub.loop_stop()
-        pub.disconnect()
     finally:
         bridge.send_signal(signal.SIGTERM)
         bridge.wait(timeout=30)
@@ -130,3 +104,133 @@ def test_mqtt_round_trip_equals_detect(broker, trained, synthetic, tmp_path):
     assert stats["alarms"] == stats["published"] == len(expected)
     # the same events; a message's sequence number is its CSV line number minus the header
     assert [dict(e, line=e["line"] + 1) for e in received] == expected
+
+
+def _payloads(csv_path, n):
+    """The first n readings of a CSV as JSON messages, keyed by sensor name."""
+    lines = csv_path.read_text().splitlines()
+    header = lines[0].split(",")
+    out = []
+    for row in lines[1:n + 1]:
+        fields = dict(zip(header, row.split(",")))
+        reading = {"timestamp": fields["timestamp"]}
+        reading.update({k: float(v) for k, v in fields.items() if k.startswith("sensor_")})
+        out.append(json.dumps(reading))
+    return out
+
+
+def _publish_all(port, topic, payloads):
+    pub = _client("test-pub-%s" % topic.replace("/", "-"))
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    infos = [pub.publish(topic, p, qos=1) for p in payloads]
+    for info in infos:
+        info.wait_for_publish(timeout=30)                # the broker has it
+    pub.loop_stop()
+    pub.disconnect()
+
+
+def _subscriber(port, topic, expected):
+    """A client subscribed to ``topic``: (client, decoded messages, set once ``expected`` have come)."""
+    received, got_all, subscribed = [], threading.Event(), threading.Event()
+    sub = _client("test-sub-%s" % topic.replace("/", "-"))
+
+    def on_message(client, userdata, message):
+        received.append(json.loads(message.payload))
+        if len(received) >= expected:
+            got_all.set()
+    sub.on_message, sub.on_subscribe = on_message, lambda *a: subscribed.set()
+    sub.connect("127.0.0.1", port)
+    sub.subscribe(topic, qos=1)
+    sub.loop_start()
+    assert subscribed.wait(10)
+    return sub, received, got_all
+
+
+class _Notices:
+    """The bridge's stderr: sets ``subscribed`` once the bridge says it is subscribed."""
+
+    def __init__(self):
+        self.lines, self.subscribed = [], threading.Event()
+
+    def write(self, text):
+        self.lines.append(text)
+        if "subscribed to" in text:
+            self.subscribed.set()
+
+    def flush(self):
+        pass
+
+
+def _held_detector(bundle):
+    """A detector whose first reading waits for ``release``, so messages pile up behind it."""
+    from edge_detector.runtime import Detector
+    detector = Detector.load(str(bundle))
+    release, original, calls = threading.Event(), detector.score_one, []
+
+    def score_one(values):
+        calls.append(1)
+        if len(calls) == 1:
+            assert release.wait(60)
+        return original(values)
+    detector.score_one = score_one
+    return detector, release, calls
+
+
+def _start_bridge(detector, port, topic, **kwargs):
+    from edge_detector.mqtt import run_bridge
+    notices, stop, counts = _Notices(), threading.Event(), {}
+    thread = threading.Thread(target=lambda: counts.update(run_bridge(
+        detector, port=port, in_topic=topic + "/readings", out_topic=topic + "/events", err=notices, stop=stop,
+        stop_on_signals=False, **kwargs)), daemon=True)
+    thread.start()
+    assert notices.subscribed.wait(30), "".join(notices.lines)
+    return thread, stop, counts
+
+
+def test_a_stop_scores_every_message_already_received(broker, trained, synthetic):
+    _, bundle = trained
+    _, csv_path = synthetic
+    payloads = _payloads(csv_path, 200)
+    detector, release, calls = _held_detector(bundle)
+    thread, stop, counts = _start_bridge(detector, broker, "drain")
+    _publish_all(broker, "drain/readings", payloads)
+    time.sleep(1.0)                      # the broker hands all 200 over while the first one is held
+    stop.set()                           # the stop comes while 199 wait in the bridge's queue
+    release.set()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert counts["read"] == 200 and counts["scored"] == 200 and counts["rejected"] == 0
+
+
+def test_a_persistent_session_hands_unscored_messages_to_the_next_start(broker, trained, synthetic):
+    _, bundle = trained
+    _, csv_path = synthetic
+    payloads = _payloads(csv_path, 200)
+    sub, events, got_all = _subscriber(broker, "persist/events", len(payloads))
+    try:
+        options = dict(persistent_session=True, client_id="edge-test-persist", alarms_only=False)
+        detector, release, _ = _held_detector(bundle)
+        thread, stop, first = _start_bridge(detector, broker, "persist", **options)
+        _publish_all(broker, "persist/readings", payloads)
+        time.sleep(1.0)
+        stop.set()                       # the first bridge scores one reading and stops
+        release.set()
+        thread.join(60)
+        assert first["read"] == 1
+        from edge_detector.runtime import Detector
+        thread, stop, second = _start_bridge(Detector.load(str(bundle)), broker, "persist", **options)
+        assert got_all.wait(60), "%d of %d events" % (len(events), len(payloads))
+        stop.set()
+        thread.join(60)
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    assert first["read"] + second["read"] == len(payloads) and second["rejected"] == 0
+    assert [e["timestamp"] for e in events] == [json.loads(p)["timestamp"] for p in payloads]
+
+
+def test_a_persistent_session_needs_a_client_id(trained):
+    _, bundle = trained
+    result = CliRunner().invoke(cli, ["mqtt", str(bundle), "--persistent-session"])
+    assert result.exit_code == 2 and "--persistent-session needs --client-id" in result.output
