@@ -205,7 +205,7 @@ def detect(bundle, input, engine, mode, out, alarms_only, missing, gap_factor, s
     detector = Detector.load(bundle, engine=engine, mode=mode)
     src = click.open_file(input, "r", encoding="utf-8")
     dst = click.open_file(out, "w", encoding="utf-8")
-    err = click.get_text_stream("stderr")
+    err = sys.stderr                 # CliRunner swaps it too, so tests see what a user would
     policy = StreamPolicy(missing=missing, gap_factor=gap_factor)
     with src, dst:
         counts = run_stream(detector, src, dst, err, alarms_only=alarms_only, policy=policy, stop_on_signals=True,

@@ -54,7 +54,7 @@ TFLITE_FILE = "lstm_ae.tflite"
 ONNX_FILE = "iforest.onnx"
 ENGINES = ("numpy", "tflite", "onnx", "auto")
 MODES = ("hybrid", "lstm", "iforest")
-MAX_ABS_VALUE = 1e100      # beyond this the rolling variances overflow float64: such a value is garbage
+MAX_ABS_VALUE = 1e30       # garbage beyond this; it keeps every feature within the float32 the forest compares in
 
 
 def check_choice(what: str, value: str, choices: Sequence[str]) -> None:

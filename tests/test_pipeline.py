@@ -101,6 +101,25 @@ def test_score_one_rejects_bad_readings_without_touching_state(trained, syntheti
     assert a.score_one(data.values[100]) == b.score_one(data.values[100])
 
 
+def test_the_largest_accepted_reading_scores_without_overflow(trained, synthetic):
+    """Up to +-MAX_ABS_VALUE every feature fits the float32 the forest compares in; beyond, a clear error."""
+    import warnings
+
+    from edge_detector.runtime import MAX_ABS_VALUE
+    _, bundle = trained
+    data, _ = synthetic
+    det = Detector.load(str(bundle), mode="lstm")
+    for row in data.values[:60]:
+        det.score_one(row)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # an overflow in a cast would raise here
+        for value in (MAX_ABS_VALUE, -MAX_ABS_VALUE):
+            score = det.score_one([value] + list(data.values[60, 1:]))
+            assert np.isfinite(score.stage1) and np.isfinite(score.stage2)
+    with pytest.raises(InputError, match="within"):
+        det.score_one([2 * MAX_ABS_VALUE] + list(data.values[60, 1:]))
+
+
 def test_unknown_engine_and_mode_are_refused(trained):
     _, bundle = trained
     with pytest.raises(ValueError, match="engine 'gpu' is not one of numpy, tflite, onnx, auto"):
