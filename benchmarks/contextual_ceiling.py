@@ -78,9 +78,12 @@ def matched_filter(residual: np.ndarray, template: np.ndarray) -> np.ndarray:
     return best
 
 
-def f1_score(labels: np.ndarray, alarms: np.ndarray) -> float:
-    tp, fp, fn = np.sum(alarms & labels), np.sum(alarms & ~labels), np.sum(~alarms & labels)
+def f1_from_counts(tp: int, fp: int, fn: int) -> float:
     return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
+
+
+def f1_score(labels: np.ndarray, alarms: np.ndarray) -> float:
+    return f1_from_counts(np.sum(alarms & labels), np.sum(alarms & ~labels), np.sum(~alarms & labels))
 
 
 def best_threshold_f1(labels: np.ndarray, base: np.ndarray, stat: np.ndarray) -> tuple:
@@ -95,9 +98,9 @@ def best_threshold_f1(labels: np.ndarray, base: np.ndarray, stat: np.ndarray) ->
 
 def extra_needed(tp: int, fp: int, fn: int, gain: float) -> Optional[int]:
     """Fewest more true alarms (taken from the misses, no new false alarm) that raise F1 by ``gain``."""
-    f1 = 2 * tp / (2 * tp + fp + fn)
+    target = f1_from_counts(tp, fp, fn) + gain - 1e-12
     for k in range(fn + 1):
-        if 2 * (tp + k) / (2 * (tp + k) + fp + fn - k) >= f1 + gain - 1e-12:
+        if f1_from_counts(tp + k, fp, fn - k) >= target:
             return k
     return None
 
