@@ -46,6 +46,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from edge_detector.export.data import ANOMALY_KINDS, MINUTES_PER_DAY, generate
+from edge_detector.export.metrics import f1_from_counts, f1_score, split_start
 
 REFLECTED = 50           # length of a contextual window in generate()
 TARGET_F1 = 0.70         # issue 2's goal for the five-seed mean
@@ -76,14 +77,6 @@ def matched_filter(residual: np.ndarray, template: np.ndarray) -> np.ndarray:
         g = template[:length]
         best = np.maximum(best, (windows[:, m - length:] @ g) ** 2 / (g @ g))
     return best
-
-
-def f1_from_counts(tp: int, fp: int, fn: int) -> float:
-    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
-
-
-def f1_score(labels: np.ndarray, alarms: np.ndarray) -> float:
-    return f1_from_counts(np.sum(alarms & labels), np.sum(alarms & ~labels), np.sum(~alarms & labels))
 
 
 def best_threshold_f1(labels: np.ndarray, base: np.ndarray, stat: np.ndarray) -> tuple:
@@ -154,7 +147,7 @@ def cross_sensor_residual(values: np.ndarray, labels: np.ndarray, start: int) ->
 def ceiling_seed(seed: int, normal_quantile: float = NORMAL_QUANTILE) -> dict:
     data = generate(seed=seed)
     n = len(data.values)
-    start = int(round(n * 0.8))
+    start = split_start(n, 0.2)
     kinds = np.array(data.kinds)
     labels = kinds != ""
     context = kinds == "contextual"

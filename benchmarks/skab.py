@@ -106,7 +106,7 @@ def csv_layouts(data_dir: str) -> list:
 
 def find_labelled(data_dir: str) -> List[str]:
     """Every CSV under ``data_dir`` (sorted, recursive) whose header has an ``anomaly`` column."""
-    from edge_detector.runtime import LABEL_NAMES
+    from edge_detector.runtime.readings import LABEL_NAMES
     return [path for path, layout in csv_layouts(data_dir)
             if layout.label_index is not None and layout.header[layout.label_index].lower() in LABEL_NAMES]
 
@@ -202,27 +202,6 @@ def skab_config(seed: int = 0, overrides: Optional[dict] = None):
     return preset_config(PRESET, **params)
 
 
-def confusion(labels: np.ndarray, alarms: np.ndarray) -> Dict[str, int]:
-    labels, alarms = labels.astype(bool), alarms.astype(bool)
-    return {"tp": int(np.sum(alarms & labels)), "fp": int(np.sum(alarms & ~labels)),
-            "fn": int(np.sum(~alarms & labels)), "tn": int(np.sum(~alarms & ~labels))}
-
-
-def rates(c: Dict[str, int]) -> Dict[str, float]:
-    tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
-    return {"f1": tp / (tp + (fp + fn) / 2) if tp + fp + fn else 0.0,
-            "far": 100.0 * fp / (fp + tn) if fp + tn else 0.0,
-            "mar": 100.0 * fn / (fn + tp) if fn + tp else 0.0}
-
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> Optional[float]:
-    labels = np.asarray(labels, dtype=bool)
-    if labels.all() or not labels.any():
-        return None
-    from sklearn.metrics import roc_auc_score
-    return float(roc_auc_score(labels, scores))
-
-
 def t2_reference(values: np.ndarray, train_rows: int = TRAIN_ROWS) -> Dict[str, np.ndarray]:
     """Hotelling T2 on causal rolling means; fitted on rows [0, train_rows). Returns score and alarms per row."""
     v = np.asarray(values, dtype=np.float64)
@@ -238,16 +217,6 @@ def t2_reference(values: np.ndarray, train_rows: int = TRAIN_ROWS) -> Dict[str, 
     t2 = np.einsum("ij,jk,ik->i", d, inv, d)
     ucl = T2_MULTIPLIER * float(np.quantile(t2[T2_WINDOW - 1:train_rows], T2_QUANTILE))
     return {"score": t2 / ucl, "alarm": t2 > ucl}
-
-
-def continuous(detector, results) -> np.ndarray:
-    """A ranking score per reading, normalised by the file's own threshold (1.0 = the alarm line)."""
-    if detector.mode == "iforest":
-        return np.array([r.stage1 / detector.tau_iforest for r in results])
-    if detector.mode == "lstm":
-        return np.array([0.0 if r.stage2 is None else r.stage2 / detector.tau2 for r in results])
-    return np.array([r.stage2 / detector.tau2 if r.stage2 is not None else r.stage1 / detector.tau1 - 1.0
-                     for r in results])
 
 
 def score_file(path: str, workdir: str, modes: Sequence[str], engine: str = "numpy", seed: int = 0,
@@ -271,8 +240,9 @@ def score_dataset(data, name: str, workdir: str, modes: Sequence[str], engine: s
     """``score_file`` on a loaded dataset (labels may be None: then every test row counts as normal)."""
     from edge_detector.export.convert import export_bundle
     from edge_detector.export.data import Dataset
+    from edge_detector.export.metrics import continuous_scores
     from edge_detector.export.train import train
-    from edge_detector.runtime import Detector
+    from edge_detector.runtime import Detector, Scores
 
     n = len(data.values)
     if n <= TRAIN_ROWS:
@@ -289,12 +259,12 @@ def score_dataset(data, name: str, workdir: str, modes: Sequence[str], engine: s
     for mode in modes:
         detector = Detector.load(bundle, engine=engine, mode=mode)
         if stream:          # one reading at a time, exactly as on the gateway
-            results = [detector.score_one(row) for row in data.values]
+            scores = Scores.stack([detector.score_one(row) for row in data.values], detector.sensors)
         else:               # the batch form: same results as the stream, faster
-            results = detector.score(data.values)
-        results = results[TRAIN_ROWS:]
-        out[mode] = {"alarm": np.array([r.is_anomaly for r in results]), "score": continuous(detector, results),
-                     "stage2": np.array([r.stage2 is not None for r in results])}
+            scores = detector.score(data.values)
+        scores = scores.rows(slice(TRAIN_ROWS, None))
+        out[mode] = {"alarm": scores.is_anomaly, "score": continuous_scores(detector, scores),
+                     "stage2": scores.stage2_ran}
     ref = t2_reference(data.values)
     out["t2_rolling10"] = {"alarm": ref["alarm"][TRAIN_ROWS:], "score": ref["score"][TRAIN_ROWS:],
                            "stage2": np.zeros(n - TRAIN_ROWS, dtype=bool)}
@@ -306,9 +276,13 @@ def score_dataset(data, name: str, workdir: str, modes: Sequence[str], engine: s
 
 
 def summarise(labels: np.ndarray, part: dict) -> dict:
+    """SKAB's figures for one part (a mode or a reference): F1, FAR and MAR, ROC-AUC, stage-2 share, counts."""
+    from edge_detector.export.metrics import aucs, confusion, rates
     c = confusion(labels, part["alarm"])
-    m = rates(c)
-    m.update(roc_auc=auc(labels, part["score"]), stage2_share=float(np.mean(part["stage2"])), **c)
+    r = rates(c)
+    m = {k: r[k] for k in ("f1", "far", "mar")}
+    m.update(roc_auc=aucs(labels, part["score"])["roc_auc"], stage2_share=float(np.mean(part["stage2"])),
+             **c._asdict())
     return m
 
 

@@ -37,9 +37,9 @@ def batch_events(bundle: str, values: np.ndarray, chunk: int = 100_000):
     stage2 = np.full(len(values), np.nan)
     for start in range(0, len(values), chunk):
         lo = max(0, start - overlap)
-        results = det.score(values[lo:start + chunk])[start - lo:]
-        alarms[start:start + len(results)] = [r.is_anomaly for r in results]
-        stage2[start:start + len(results)] = [np.nan if r.stage2 is None else r.stage2 for r in results]
+        scores = det.score(values[lo:start + chunk]).rows(slice(start - lo, None))
+        alarms[start:start + len(scores.stage1)] = scores.is_anomaly
+        stage2[start:start + len(scores.stage1)] = scores.stage2
     return alarms, stage2
 
 

@@ -18,26 +18,16 @@ import time
 
 import numpy as np
 
-from edge_detector.export.convert import export_bundle
-from edge_detector.export.data import ANOMALY_KINDS, generate, load_csv, write_csv
-from edge_detector.export.evaluate import comparison_table, evaluate
-from edge_detector.export.train import TrainConfig, train
+from edge_detector.export.data import ANOMALY_KINDS
+from edge_detector.export.evaluate import comparison_table
+from edge_detector.export.pipeline import pipeline_paths, synthetic_pipeline
 
 SCALARS = ("precision", "recall", "f1", "roc_auc", "pr_auc", "false_alarms_per_1000", "stage2_share")
 
 
 def run_seed(seed: int, workdir: str, engine: str) -> dict:
-    path = os.path.join(workdir, "data-%d.csv" % seed)
-    write_csv(generate(seed=seed), path)
-    data = load_csv(path)
-    model_dir, bundle = os.path.join(workdir, "model-%d" % seed), os.path.join(workdir, "bundle-%d" % seed)
-    train(data, model_dir, TrainConfig(seed=seed), progress=None, source=path)
-    export_bundle(model_dir, data, bundle, progress=None)
-    start = int(round(len(data.values) * 0.8))
-    report = evaluate(bundle, data, start=start, engine=engine, model_dir=model_dir)
-    kinds = np.array(data.kinds[start:])
-    report["test_mix"] = {k: int((kinds == k).sum()) for k in ANOMALY_KINDS}
-    return report
+    """One seed through the shared pipeline (as ``edge-detector demo``): evaluate's report plus "test_mix"."""
+    return synthetic_pipeline(seed, pipeline_paths(workdir, "-%d" % seed), engine=engine)
 
 
 def mean_report(per_seed: dict) -> dict:

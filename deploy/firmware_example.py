@@ -1,6 +1,6 @@
-"""Firmware-script example: import the single-file runtime and score readings in a loop.
+"""Firmware-script example: import the runtime package and score readings in a loop.
 
-Copy runtime.py and bundle/ (or unpack gateway.tar.gz) next to this script, replace
+Copy runtime/ and bundle/ (or unpack gateway.tar.gz) next to this script, replace
 ``read_sensors`` with the device's own I/O, and run ``python3 firmware_example.py``.
 Needs Python >= 3.9 and NumPy >= 1.24 only.
 
@@ -15,7 +15,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from runtime import Detector, InputError, read_csv  # noqa: E402  (runtime.py sits beside this script)
+from runtime import Detector, InputError, Reading, read_lines  # noqa: E402  (runtime/ sits beside this script)
 
 
 def read_sensors(source):
@@ -38,8 +38,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     detector = Detector.load(args.bundle)                  # verifies every file's sha256
-    _, rows, _ = read_csv(args.readings, sensors=detector.sensors, strict=False)
-    source = iter([r.values.tolist() for r in rows])
+    with open(args.readings, encoding="utf-8", newline="") as fh:
+        rows = [item.values.tolist() for item in read_lines(fh, detector.sensors) if isinstance(item, Reading)]
+    source = iter(rows)
     scored = alarms = 0
     while True:
         reading = read_sensors(source)

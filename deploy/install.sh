@@ -4,7 +4,7 @@
 #   sudo deploy/install.sh --package --bundle bundle/            # venv with numpy + the package (+ MQTT),
 #                                                                # systemd unit for the MQTT bridge
 #   sudo deploy/install.sh --runtime gateway.tar.gz              # venv with numpy alone + the packaged
-#                                                                # runtime.py, bundle/ and run.sh
+#                                                                # runtime/, bundle/ and run.sh
 # Options:
 #   --prefix DIR     where to install (default /opt/edge-detector)
 #   --python PATH    the interpreter for the venv (default python3; needs >= 3.9)
@@ -53,13 +53,14 @@ if [ "$mode" = runtime ]; then
     trap 'rm -rf "$staging"' EXIT
     tar -xzf "$archive" -C "$staging"
     top=$(find "$staging" -mindepth 1 -maxdepth 1 -type d | head -n 1)
-    if [ ! -f "$top/runtime.py" ] || [ ! -d "$top/bundle" ]; then
+    if [ ! -f "$top/runtime/__main__.py" ] || [ ! -d "$top/bundle" ]; then
         echo "install.sh: $archive is not a gateway archive" >&2; exit 1
     fi
     (cd "$top" && sha256sum -c --quiet SHA256SUMS)
-    rm -rf "$prefix/bundle"
+    rm -rf "$prefix/bundle" "$prefix/runtime"
     cp -R "$top/bundle" "$prefix/bundle"
-    cp "$top/runtime.py" "$top/run.sh" "$top/README.md" "$top/SHA256SUMS" "$prefix/"
+    cp -R "$top/runtime" "$prefix/runtime"
+    cp "$top/run.sh" "$top/README.md" "$top/SHA256SUMS" "$prefix/"
     chmod 0755 "$prefix/run.sh"
     # run.sh takes its interpreter from $PYTHON: point it at the venv
     printf '#!/bin/sh\nPYTHON="%s/venv/bin/python" exec "%s/run.sh" "$@"\n' "$prefix" "$prefix" > "$prefix/edge-detector-run"

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The Pi's own software stack, emulated: a Debian bookworm arm64 root (python3, python3-numpy)
-# made with `debootstrap --foreign` and `dpkg -x`, and the packaged runtime.py run inside it
+# made with `debootstrap --foreign` and `dpkg -x`, and the packaged runtime run inside it
 # under qemu-aarch64-static with QEMU_LD_PREFIX pointing at the root (no binfmt, no chroot).
 #
 #   deploy/test-arm64.sh root                    build the cached root if needed; print its path
 #   deploy/test-arm64.sh score ARCHIVE [CSV [ARGS...]]
 #                                                unpack a gateway archive (edge-detector package)
 #                                                and score CSV (default or -: stdin) under emulation:
-#                                                `python3 runtime.py bundle/ ARGS < CSV`, events on stdout
+#                                                `python3 -m runtime bundle/ ARGS < CSV`, events on stdout
 #   deploy/test-arm64.sh check BUNDLE CSV        package BUNDLE, score CSV under emulation and with
 #                                                `edge-detector detect` here, and compare them
 #   deploy/test-arm64.sh mirror [SOURCES...]     print the Debian mirror found in the apt sources
@@ -175,7 +175,7 @@ score() {  # ARCHIVE [CSV [RUNTIME ARGS...]]
     trap "rm -rf '$work'" EXIT
     tar -xzf "$archive" -C "$work"
     top=$(find "$work" -mindepth 1 -maxdepth 1 -type d | head -n 1)
-    [ -f "$top/runtime.py" ] || die "$archive holds no runtime.py"
+    [ -f "$top/runtime/__main__.py" ] || die "$archive holds no runtime/ package"
     if [ "$csv" = "-" ]; then
         cat >"$top/readings.csv"
     else
@@ -183,7 +183,7 @@ score() {  # ARCHIVE [CSV [RUNTIME ARGS...]]
     fi
     echo "arm64: $(cd "$top" && emulate "$CACHE" -c 'import platform, sys, numpy; print("machine", platform.machine(), "python", sys.version.split()[0], "numpy", numpy.__version__)')" >&2
     start=$(date +%s.%N)
-    (cd "$top" && emulate "$CACHE" runtime.py bundle/ "$@" <readings.csv) || status=$?
+    (cd "$top" && emulate "$CACHE" -m runtime bundle/ "$@" <readings.csv) || status=$?
     end=$(date +%s.%N)
     echo "arm64: emulated scoring took $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }') s" >&2
     rm -rf "$work"

@@ -3,7 +3,7 @@
 Each command parses options, calls one library function, and turns library errors into
 ``click.ClickException`` (a clear message, exit code 1, no traceback).
 """
-import functools
+import contextlib
 import json
 import os
 import sys
@@ -14,19 +14,23 @@ import click
 from edge_detector import __version__
 from edge_detector.export.train import PRESETS   # numpy and the runtime only; TensorFlow loads inside train()
 from edge_detector.runtime import (
-    ENGINES, MISSING_POLICIES, MODES, OUTPUT_FORMATS, BundleError, Detector, InputError, StreamPolicy, run_stream,
+    DEFAULT_GAP_FACTOR, ENGINE_CHOICES, MISSING_POLICIES, MODES, OUTPUT_FORMATS, BundleError, Detector, InputError,
+    StreamPolicy,
 )
 
 
-def library_errors(fn):
-    """Report library errors as one clear line instead of a traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (BundleError, InputError, FileNotFoundError, ValueError, RuntimeError) as exc:
-            raise click.ClickException(str(exc)) from None
-    return wrapper
+@contextlib.contextmanager
+def reported(*errors):
+    """Turn the library's own exceptions (a user's mistake) into one clear line; anything else keeps its traceback."""
+    try:
+        yield
+    except errors as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _parity_error():
+    from edge_detector.export.convert import ParityError  # noqa: PLC0415 (the train extra)
+    return ParityError
 
 
 def _require_train_extra():
@@ -41,6 +45,10 @@ def _echo_err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+def _names(text):
+    return [s.strip() for s in text.split(",")] if text else None
+
+
 @click.group()
 @click.version_option(__version__, prog_name="edge-detector")
 def cli():
@@ -53,8 +61,8 @@ def cli():
 @cli.command()
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
 @click.option("--seed", default=42, show_default=True, help="Random seed; the same seed writes the same file.")
-@click.option("--n", "n", default=10_000, show_default=True, help="Number of one-minute readings.")
-@library_errors
+@click.option("--n", "n", default=10_000, show_default=True, type=click.IntRange(min=1000),
+              help="Number of one-minute readings.")
 def generate(out, seed, n):
     """Write synthetic sensor data: 4 sensors with labelled spikes, drops, contextual and collective anomalies.
 
@@ -62,17 +70,10 @@ def generate(out, seed, n):
 
         edge-detector generate --out data.csv --seed 42
     """
-    from edge_detector.export.data import generate as make, write_csv  # noqa: PLC0415
-    data = make(n=n, seed=seed)
-    write_csv(data, out)
+    from edge_detector.export.data import generate_csv  # noqa: PLC0415
+    data = generate_csv(out, n=n, seed=seed)
     click.echo("wrote %s: %d readings, %d sensors, %.2f%% anomalous"
                % (out, len(data.values), len(data.sensors), 100 * data.labels.mean()))
-
-
-def _load(path, sensors, label_col, timestamp_col):
-    from edge_detector.export.data import load_csv  # noqa: PLC0415
-    names = [s.strip() for s in sensors.split(",")] if sensors else None
-    return load_csv(path, sensors=names, label_col=label_col, timestamp_col=timestamp_col)
 
 
 data_options = [
@@ -105,7 +106,6 @@ def with_data_options(fn):
               help="Share of normal readings that stage 1 passes to stage 2 [0.08 or 0.5].")
 @click.option("--train-fraction", default=0.8, show_default=True,
               help="Leading share of rows used for training (its last 15% calibrates); the rest is the test split.")
-@library_errors
 def train(data, out, sensors, label_col, timestamp_col, preset, seed, window, epochs, screen_share, train_fraction):
     """Train IsolationForest, LSTM autoencoder and LOF, and calibrate thresholds on normal data.
 
@@ -118,11 +118,11 @@ def train(data, out, sensors, label_col, timestamp_col, preset, seed, window, ep
         edge-detector train pump.csv --out model/ --preset rig --train-fraction 0.35
     """
     _require_train_extra()
-    from edge_detector.export.train import preset_config, train as fit  # noqa: PLC0415
-    dataset = _load(data, sensors, label_col, timestamp_col)
+    from edge_detector.export.train import preset_config, train_csv  # noqa: PLC0415
     config = preset_config(preset, seed=seed, window=window, epochs=epochs, screen_share=screen_share,
                            train_fraction=train_fraction)
-    fit(dataset, out, config, progress=_echo_err, source=data)
+    with reported(InputError):
+        train_csv(data, out, config, _names(sensors), label_col, timestamp_col, progress=_echo_err)
     click.echo("model written to %s" % out)
 
 
@@ -132,7 +132,6 @@ def train(data, out, sensors, label_col, timestamp_col, preset, seed, window, ep
 @click.option("--data", "data", default=None, type=click.Path(dir_okay=False),
               help="Training CSV for the parity checks (default: the path recorded at training).")
 @with_data_options
-@library_errors
 def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col):
     """Convert a model folder to a bundle: TFLite, ONNX, NumPy weights and a manifest.
 
@@ -143,24 +142,16 @@ def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col):
         edge-detector export model/ --out bundle/ --data data.csv
     """
     _require_train_extra()
-    from edge_detector.export.convert import export_bundle  # noqa: PLC0415
-    meta_path = os.path.join(model_dir, "model.json")
-    if not os.path.isfile(meta_path):
-        raise click.ClickException("%s is not a model folder: model.json is missing" % model_dir)
-    with open(meta_path) as fh:
-        meta = json.load(fh)
-    data = data or meta.get("training_data", {}).get("path")
-    if not data or not os.path.isfile(data):
-        raise click.ClickException("pass --data: the training CSV is needed for the parity checks")
-    dataset = _load(data, sensors or ",".join(meta["sensors"]), label_col, timestamp_col)
-    export_bundle(model_dir, dataset, out, progress=_echo_err)
+    from edge_detector.export.convert import export_model  # noqa: PLC0415
+    with reported(InputError, _parity_error()):
+        export_model(model_dir, out, data, _names(sensors), label_col, timestamp_col, progress=_echo_err)
     click.echo("bundle written to %s" % out)
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path())
 @click.argument("input", default="-", type=click.Path(allow_dash=True))
-@click.option("--engine", type=click.Choice(ENGINES), default="numpy", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="numpy", show_default=True,
               help="numpy: both stages in NumPy; tflite: stage 2 through LiteRT; onnx: stage 1 through "
                    "onnxruntime; auto: those runtimes where installed.")
 @click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True,
@@ -170,13 +161,12 @@ def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col):
 @click.option("--missing", type=click.Choice(MISSING_POLICIES), default="reject", show_default=True,
               help="Empty sensor fields: reject the line, hold the sensor's last value, or interpolate "
                    "linearly to its next value (which delays those readings until it arrives).")
-@click.option("--gap-factor", default=10.0, show_default=True,
+@click.option("--gap-factor", default=DEFAULT_GAP_FACTOR, show_default=True,
               help="A gap longer than this many median intervals resets the window state (0: never).")
 @click.option("--stats", is_flag=True, help="Print the counts to stderr at the end.")
 @click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default="jsonl", show_default=True,
               help="jsonl: one JSON event per line; influx: InfluxDB line protocol, one line per event "
                    "(for Telegraf's inputs.execd).")
-@library_errors
 def detect(bundle, input, engine, mode, out, alarms_only, missing, gap_factor, stats, output_format):
     """Score CSV or JSON Lines readings; write one JSON event per reading (JSON Lines).
 
@@ -202,14 +192,11 @@ def detect(bundle, input, engine, mode, out, alarms_only, missing, gap_factor, s
 
         edge-detector detect bundle/ readings.csv --alarms-only
     """
-    detector = Detector.load(bundle, engine=engine, mode=mode)
-    src = click.open_file(input, "r", encoding="utf-8")
-    dst = click.open_file(out, "w", encoding="utf-8")
-    err = sys.stderr                 # CliRunner swaps it too, so tests see what a user would
+    from edge_detector.runtime import detect as score_stream  # noqa: PLC0415
     policy = StreamPolicy(missing=missing, gap_factor=gap_factor)
-    with src, dst:
-        counts = run_stream(detector, src, dst, err, alarms_only=alarms_only, policy=policy, stop_on_signals=True,
-                            output_format=output_format)
+    with reported(BundleError, InputError, FileNotFoundError, IsADirectoryError, PermissionError):
+        counts = score_stream(bundle, input, out, sys.stderr, engine=engine, mode=mode, alarms_only=alarms_only,
+                              policy=policy, output_format=output_format)
     if stats:
         _echo_err(json.dumps({"stats": counts}))
 
@@ -222,9 +209,8 @@ def detect(bundle, input, engine, mode, out, alarms_only, missing, gap_factor, s
               help="Model folder: adds LOF, the reference, to the table.")
 @click.option("--test-fraction", default=0.0, show_default=True,
               help="Count only the last fraction of rows (the chronological test split; 0 = all rows).")
-@click.option("--engine", type=click.Choice(ENGINES), default="numpy", show_default=True)
+@click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="numpy", show_default=True)
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the report as JSON.")
-@library_errors
 def evaluate(bundle, data, sensors, label_col, timestamp_col, model_dir, test_fraction, engine, json_out):
     """Precision, recall, F1, ROC-AUC, PR-AUC and stage-2 share for every mode, on labelled data.
 
@@ -234,15 +220,14 @@ def evaluate(bundle, data, sensors, label_col, timestamp_col, model_dir, test_fr
 
         edge-detector evaluate bundle/ data.csv --model model/ --test-fraction 0.2
     """
-    from edge_detector.export.evaluate import comparison_table, evaluate as run  # noqa: PLC0415
-    manifest_sensors = Detector.load(bundle).sensors
-    dataset = _load(data, sensors or ",".join(manifest_sensors), label_col, timestamp_col)
-    start = int(round(len(dataset.values) * (1 - test_fraction))) if test_fraction else 0
-    report = run(bundle, dataset, start=start, engine=engine, model_dir=model_dir)
-    click.echo(comparison_table(report))
+    from edge_detector.export.evaluate import comparison_table, evaluate_csv  # noqa: PLC0415
+    with reported(BundleError, InputError):
+        result = evaluate_csv(bundle, data, test_fraction, engine, model_dir, _names(sensors), label_col,
+                              timestamp_col)
+    click.echo(comparison_table(result["modes"]))
     if json_out:
         with open(json_out, "w") as fh:
-            json.dump({"rows": len(dataset.values) - start, "start": start, "modes": report}, fh, indent=2)
+            json.dump(result, fh, indent=2)
 
 
 @cli.command()
@@ -261,7 +246,6 @@ def evaluate(bundle, data, sensors, label_col, timestamp_col, model_dir, test_fr
 @click.option("--markdown", "md_out", default=None, type=click.Path(dir_okay=False), help="Write the tables as Markdown.")
 @click.option("--plots", "plots_dir", default=None, type=click.Path(file_okay=False),
               help="Write latency.png and accuracy_latency.png here.")
-@library_errors
 def bench(bundle, data, engines, model_dir, threads, runs, warmup, max_seconds, json_out, md_out, plots_dir):
     """Latency, memory, size and accuracy of every engine against the original models, in one run.
 
@@ -278,9 +262,10 @@ def bench(bundle, data, engines, model_dir, threads, runs, warmup, max_seconds, 
     if model_dir is None:
         sibling = os.path.join(os.path.dirname(os.path.abspath(bundle)), "model")
         model_dir = sibling if os.path.isfile(os.path.join(sibling, "model.json")) else None
-    report = run_bench(bundle, data, engines=[e.strip() for e in engines.split(",") if e.strip()],
-                       threads=threads, runs=runs, model_dir=model_dir, progress=_echo_err, warmup=warmup,
-                       max_seconds=max_seconds, command=" ".join(["edge-detector"] + sys.argv[1:]))
+    with reported(BundleError, InputError):
+        report = run_bench(bundle, data, engines=_names(engines), threads=threads, runs=runs, model_dir=model_dir,
+                           progress=_echo_err, warmup=warmup, max_seconds=max_seconds,
+                           command=" ".join(["edge-detector"] + sys.argv[1:]))
     click.echo(format_table(report))
     if json_out:
         with open(json_out, "w") as fh:
@@ -295,7 +280,6 @@ def bench(bundle, data, engines, model_dir, threads, runs, warmup, max_seconds, 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Archive to write (.tar.gz).")
-@library_errors
 def package(bundle, out):
     """Pack a bundle, the single-file runtime, run.sh and a device README into one archive.
 
@@ -308,7 +292,8 @@ def package(bundle, out):
         edge-detector package bundle/ --out gateway.tar.gz
     """
     from edge_detector.package import build_package  # noqa: PLC0415
-    names = build_package(bundle, out)
+    with reported(BundleError):
+        names = build_package(bundle, out)
     click.echo("wrote %s: %d entries under %s/" % (out, len(names), names[0]))
 
 
@@ -323,18 +308,17 @@ def package(bundle, out):
 @click.option("--all-events", is_flag=True, help="Publish an event for every reading, not only alarms.")
 @click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default="jsonl", show_default=True,
               help="Payload of the published events.")
-@click.option("--engine", type=click.Choice(ENGINES), default="numpy", show_default=True)
+@click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="numpy", show_default=True)
 @click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True)
 @click.option("--missing", type=click.Choice(MISSING_POLICIES), default="reject", show_default=True,
               help="Missing sensor values (absent or null keys): as for detect.")
-@click.option("--gap-factor", default=10.0, show_default=True,
+@click.option("--gap-factor", default=DEFAULT_GAP_FACTOR, show_default=True,
               help="A gap longer than this many median intervals resets the window state (0: never).")
 @click.option("--client-id", default=None, help="MQTT client id (default: edge-detector-<pid>).")
 @click.option("--username", default=None, help="MQTT user name; the password comes from $MQTT_PASSWORD.")
 @click.option("--persistent-session/--clean-session", default=False, show_default=True,
               help="Keep the broker session across restarts (needs --client-id): readings sent while the bridge "
                    "is down wait at the broker, and each is acknowledged only once scored.")
-@library_errors
 def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format, engine, mode, missing, gap_factor,
          client_id, username, persistent_session):
     """Subscribe to a topic of JSON readings and publish alarm events to another topic.
@@ -353,7 +337,8 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
     if persistent_session and not client_id:
         raise click.UsageError("--persistent-session needs --client-id: the broker keeps the session under that id")
     from edge_detector.mqtt import run_bridge  # noqa: PLC0415
-    detector = Detector.load(bundle, engine=engine, mode=mode)
+    with reported(BundleError):
+        detector = Detector.load(bundle, engine=engine, mode=mode)
     counts = run_bridge(detector, host=host, port=port, in_topic=in_topic, out_topic=out_topic, qos=qos,
                         alarms_only=not all_events, policy=StreamPolicy(missing=missing, gap_factor=gap_factor),
                         output_format=output_format, client_id=client_id, username=username,
@@ -366,7 +351,6 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
 @click.option("--dir", "workdir", default="demo-run", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the data, model, bundle and events.")
 @click.option("--seed", default=42, show_default=True)
-@library_errors
 def demo(workdir, seed):
     """The whole pipeline on synthetic data: generate -> train -> export -> detect -> evaluate.
 
@@ -377,31 +361,10 @@ def demo(workdir, seed):
         edge-detector demo --dir demo-run
     """
     _require_train_extra()
-    from edge_detector.export.convert import export_bundle  # noqa: PLC0415
-    from edge_detector.export.data import generate as make, write_csv, load_csv  # noqa: PLC0415
-    from edge_detector.export.evaluate import comparison_table, evaluate as run  # noqa: PLC0415
-    from edge_detector.export.train import TrainConfig, train as fit  # noqa: PLC0415
+    from edge_detector.export.evaluate import comparison_table  # noqa: PLC0415
+    from edge_detector.export.pipeline import run_demo  # noqa: PLC0415
     t0 = time.time()
-    os.makedirs(workdir, exist_ok=True)
-    data_csv, model_dir, bundle = (os.path.join(workdir, p) for p in ("data.csv", "model", "bundle"))
-    click.echo("[1/5] generate  %s" % data_csv)
-    write_csv(make(seed=seed), data_csv)
-    dataset = load_csv(data_csv)
-    click.echo("[2/5] train     %s" % model_dir)
-    fit(dataset, model_dir, TrainConfig(seed=seed), progress=_echo_err, source=data_csv)
-    click.echo("[3/5] export    %s" % bundle)
-    export_bundle(model_dir, dataset, bundle, progress=_echo_err)
-    events = os.path.join(workdir, "events.jsonl")
-    click.echo("[4/5] detect    %s" % events)
-    detector = Detector.load(bundle)
-    with open(data_csv, encoding="utf-8", newline="") as src, open(events, "w", encoding="utf-8") as dst:
-        counts = run_stream(detector, src, dst, sys.stderr)
-    click.echo("      %d readings scored, %d alarms" % (counts["scored"], counts["alarms"]))
-    click.echo("[5/5] evaluate  test split: the last 20%% of readings (seed %d)" % seed)
-    start = int(round(len(dataset.values) * 0.8))
-    report = run(bundle, dataset, start=start, model_dir=model_dir)
-    with open(os.path.join(workdir, "report.json"), "w") as fh:
-        json.dump(report, fh, indent=2)
+    report = run_demo(workdir, seed, echo=click.echo, progress=_echo_err)
     click.echo("")
     click.echo(comparison_table(report))
     click.echo("\ndone in %.0fs; files in %s/" % (time.time() - t0, workdir))

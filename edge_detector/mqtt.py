@@ -21,6 +21,7 @@ the client acknowledges it, so:
   after scoring it and stops without draining. The broker keeps the session, hands the
   unacknowledged messages back at the next start, and queues what arrives meanwhile.
 """
+import contextlib
 import json
 import os
 import queue
@@ -28,7 +29,10 @@ import sys
 import threading
 from typing import Dict, Optional
 
-from edge_detector.runtime import Detector, InputError, StreamPolicy, StreamScorer, parse_json_line
+from edge_detector.runtime import Detector, InputError, Rejected, StreamPolicy, StreamScorer
+from edge_detector.runtime.events import event_writer
+from edge_detector.runtime.readings import parse_json_line
+from edge_detector.runtime.stream import stop_signals
 
 
 def _paho():
@@ -41,23 +45,35 @@ def _paho():
     return mqtt
 
 
-class _Publisher:
-    """A write-only text stream that publishes each complete line as one MQTT message."""
+class Publisher:
+    """``send`` for the event writer: each event is one MQTT message on ``topic``."""
 
     def __init__(self, client, topic: str, qos: int):
         self.client, self.topic, self.qos = client, topic, qos
-        self.last = None
+        self.last = None                     # the last publish's MQTTMessageInfo, to wait for at a stop
         self.published = 0
 
-    def write(self, text: str) -> int:
-        for line in text.splitlines():
-            if line:
-                self.last = self.client.publish(self.topic, line, qos=self.qos)
-                self.published += 1
-        return len(text)
+    def __call__(self, line: str) -> None:
+        self.last = self.client.publish(self.topic, line, qos=self.qos)
+        self.published += 1
 
-    def flush(self) -> None:
-        pass
+    def wait(self, timeout: float = 10.0) -> None:
+        """Wait for the last publish to leave (QoS 0) or be acknowledged (QoS 1 and 2)."""
+        if self.last is not None:
+            try:
+                self.last.wait_for_publish(timeout=timeout)
+            except (RuntimeError, ValueError):
+                pass
+
+
+def parse_message(payload: bytes, sensors, n: int):
+    """One message's payload -> Reading, or Rejected with message number ``n`` and the reason."""
+    try:
+        # one message is one reading, whatever its line breaks
+        text = payload.decode("utf-8").replace("\r", " ").replace("\n", " ")
+        return parse_json_line(text, sensors, n)
+    except (UnicodeDecodeError, InputError) as exc:
+        return Rejected(n, str(exc))
 
 
 def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in_topic: str = "sensors/readings",
@@ -112,58 +128,51 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
     client.connect(host, port, keepalive)
     client.loop_start()
 
-    scorer = StreamScorer(detector, _Publisher(client, out_topic, qos), err, alarms_only, policy, output_format)
-    previous = {}
-    if stop_on_signals:
-        import signal  # noqa: PLC0415
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+    publisher = Publisher(client, out_topic, qos)
+    scorer = StreamScorer(detector, event_writer(output_format, publisher, detector.sensors), err, alarms_only, policy)
     n = 0
 
     def handle(message) -> None:
         nonlocal n
         n += 1
-        try:
-            # one message is one reading, whatever its line breaks
-            text = message.payload.decode("utf-8").replace("\r", " ").replace("\n", " ")
-            reading = parse_json_line(text, detector.sensors, n)
-        except (UnicodeDecodeError, InputError) as exc:
-            scorer.feed(n, None, str(exc))
-        else:
-            scorer.feed(n, reading, None)
+        scorer.feed(parse_message(message.payload, detector.sensors, n))
         if persistent_session:
             client.ack(message.mid, message.qos)      # scored (or rejected): the broker may forget it
 
+    signals = stop_signals(lambda signum, frame: stop.set()) if stop_on_signals else contextlib.nullcontext()
     try:
-        while not stop.is_set():
-            try:
-                message = inbox.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            handle(message)
-        if not persistent_session:
-            # acknowledged on receipt, so the broker will not send these again: stop the flow,
-            # then score everything already here
-            result, _ = client.unsubscribe(in_topic)
-            if result == mqtt.MQTT_ERR_SUCCESS and not unsubscribed.wait(5):
-                note({"notice": "no answer to the unsubscribe within 5 s; scoring what has arrived"})
-            while not inbox.empty():
-                handle(inbox.get_nowait())
-        scorer.flush_pending()
+        with signals:
+            consume(inbox, handle, stop)
+            if not persistent_session:
+                drain(client, inbox, handle, in_topic, unsubscribed, note, mqtt.MQTT_ERR_SUCCESS)
+            scorer.flush_pending()
     finally:
         stop.set()
-        if stop_on_signals:
-            import signal  # noqa: PLC0415
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        last = scorer.out.last
-        if last is not None:
-            try:
-                last.wait_for_publish(timeout=10)
-            except (RuntimeError, ValueError):
-                pass
+        publisher.wait()
         client.disconnect()
         client.loop_stop()
     counts = dict(scorer.stats)
-    counts["published"] = scorer.out.published
+    counts["published"] = publisher.published
     return counts
+
+
+def consume(inbox: queue.Queue, handle, stop: threading.Event) -> None:
+    """Handle received messages, in order, until ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            message = inbox.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        handle(message)
+
+
+def drain(client, inbox: queue.Queue, handle, topic: str, unsubscribed: threading.Event, note, success: int) -> None:
+    """Clean session: stop the flow, then handle everything already received.
+
+    Messages were acknowledged on receipt, so the broker will not send them again.
+    """
+    result, _ = client.unsubscribe(topic)
+    if result == success and not unsubscribed.wait(5):
+        note({"notice": "no answer to the unsubscribe within 5 s; scoring what has arrived"})
+    while not inbox.empty():
+        handle(inbox.get_nowait())

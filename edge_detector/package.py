@@ -4,7 +4,7 @@ The archive holds a single top-level folder named after the archive (``gateway.t
 ``gateway/``) with:
 
 - ``bundle/``      the verified bundle (manifest, weights, TFLite, ONNX);
-- ``runtime.py``   the single-file NumPy runtime (``python3 runtime.py bundle/ < readings.csv``);
+- ``runtime/``     the NumPy runtime package (``python3 -m runtime bundle/ < readings.csv``);
 - ``run.sh``       a POSIX shell wrapper that checks Python and NumPy, then runs the runtime;
 - ``README.md``    how to use it on the device;
 - ``SHA256SUMS``   checksums of every other file (``sha256sum -c SHA256SUMS``).
@@ -17,11 +17,11 @@ import hashlib
 import io
 import os
 import tarfile
-import tempfile
 import time
 from typing import Dict, List, Optional
 
-from edge_detector import runtime as runtime_module
+from edge_detector import runtime as runtime_package
+from edge_detector.export.files import atomic_file
 from edge_detector.runtime import MANIFEST, Detector
 
 RUN_SH = r"""#!/bin/sh
@@ -29,7 +29,8 @@ RUN_SH = r"""#!/bin/sh
 #   ./run.sh < readings.csv > events.jsonl
 #   ./run.sh readings.csv --alarms-only
 #   ./run.sh --format influx < readings.csv        # InfluxDB line protocol (Telegraf inputs.execd)
-# PYTHON selects the interpreter (default: python3). Every argument goes to runtime.py.
+# PYTHON selects the interpreter (default: python3). Every argument goes to the runtime
+# (python3 -m runtime bundle/ ARGS).
 set -eu
 here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
 python=${PYTHON:-python3}
@@ -43,7 +44,9 @@ if ! "$python" -c 'import sys, numpy; v = tuple(int(p) for p in numpy.__version_
 fi
 PYTHONUNBUFFERED=1
 export PYTHONUNBUFFERED
-exec "$python" "$here/runtime.py" "$here/bundle" "$@"
+PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH
+exec "$python" -m runtime "$here/bundle" "$@"
 """
 
 DEVICE_README = """# edge-detector for this gateway
@@ -66,8 +69,8 @@ sha256sum -c SHA256SUMS
 ./run.sh < readings.csv > events.jsonl             # one JSON event per reading on stdout
 ./run.sh readings.csv --alarms-only                # anomalies only
 ./run.sh --format influx < readings.csv            # InfluxDB line protocol, for Telegraf inputs.execd
-python3 runtime.py bundle/ < readings.csv          # the same without the wrapper
-python3 runtime.py --help                          # every option
+python3 -m runtime bundle/ < readings.csv         # the same without the wrapper (from this folder)
+python3 -m runtime --help                          # every option
 ```
 
 Input is CSV with a header naming the sensors ({sensors}; a timestamp column is
@@ -79,7 +82,7 @@ finish the current line and exit 0. Every output line is flushed as it is writte
 
 ```python
 import sys
-sys.path.insert(0, "/path/to/this/folder")
+sys.path.insert(0, "/path/to/this/folder")         # the folder that holds runtime/
 from runtime import Detector
 
 detector = Detector.load("/path/to/this/folder/bundle")
@@ -96,6 +99,17 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def runtime_files() -> Dict[str, bytes]:
+    """The runtime package's modules, as the archive holds them: "runtime/<module>.py" -> bytes."""
+    folder = os.path.dirname(os.path.abspath(runtime_package.__file__))
+    files = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), "rb") as fh:
+                files["runtime/" + name] = fh.read()
+    return files
+
+
 def package_members(bundle: str) -> Dict[str, bytes]:
     """The archive's files (relative path -> bytes), after checking that the bundle loads."""
     detector = Detector.load(bundle)                      # verifies schema, checksums and shapes
@@ -107,8 +121,7 @@ def package_members(bundle: str) -> Dict[str, bytes]:
                 files["bundle/" + name] = fh.read()
     if "bundle/" + MANIFEST not in files:
         raise ValueError("%s has no %s" % (bundle, MANIFEST))
-    with open(runtime_module.__file__, "rb") as fh:
-        files["runtime.py"] = fh.read()
+    files.update(runtime_files())
     files["run.sh"] = RUN_SH.encode()
     from edge_detector import __version__  # noqa: PLC0415
     files["README.md"] = DEVICE_README.format(
@@ -135,32 +148,20 @@ def build_package(bundle: str, out: str, prefix: Optional[str] = None) -> List[s
                 break
         prefix = base or "gateway"
     files = package_members(bundle)
-    out_dir = os.path.dirname(os.path.abspath(out))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(out), suffix=".tmp", dir=out_dir)
     now = int(time.time())
     names = []
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
-                dirs = sorted({prefix} | {prefix + "/" + os.path.dirname(n) for n in files if "/" in n})
-                for d in dirs:
-                    info = tarfile.TarInfo(d)
-                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
-                    tar.addfile(info)
-                    names.append(d)
-                for name, data in sorted(files.items()):
-                    info = tarfile.TarInfo(prefix + "/" + name)
-                    info.size, info.mtime = len(data), now
-                    info.mode = 0o755 if name == "run.sh" else 0o644
-                    tar.addfile(info, io.BytesIO(data))
-                    names.append(info.name)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(out, "wb") as fh:
+        with tarfile.open(fileobj=fh, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+            dirs = sorted({prefix} | {prefix + "/" + os.path.dirname(n) for n in files if "/" in n})
+            for d in dirs:
+                info = tarfile.TarInfo(d)
+                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
+                tar.addfile(info)
+                names.append(d)
+            for name, data in sorted(files.items()):
+                info = tarfile.TarInfo(prefix + "/" + name)
+                info.size, info.mtime = len(data), now
+                info.mode = 0o755 if name == "run.sh" else 0o644
+                tar.addfile(info, io.BytesIO(data))
+                names.append(info.name)
     return names

@@ -8,20 +8,25 @@ consecutive windows (stage 2) and every calibration reading (stage 1):
 """
 import json
 import os
-import shutil
-import tempfile
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
 from edge_detector import __version__
-from edge_detector.export.data import Dataset
-from edge_detector.export.train import TrainedModels, _log, build_autoencoder, import_tf_keras, windows_at
-from edge_detector.runtime import (
-    LSTM_LAYERS, MANIFEST, ONNX_FILE, SCHEMA_VERSION, TFLITE_FILE, WEIGHTS, Detector, NumpyStage2, OnnxStage1,
-    TFLiteStage2, batch_features, fold_weights, iforest_score, manifest_digest, prepare_forest, sha256_file,
-    prepare_windows, stage2_scores,
-)
+from edge_detector.export.data import Dataset, load_csv
+from edge_detector.export.files import atomic_folder
+from edge_detector.export.metrics import rel_error
+from edge_detector.export.progress import Progress, log
+from edge_detector.export.tf_setup import import_tf
+from edge_detector.export.train import (TrainConfig, TrainedModels, build_autoencoder, read_model_meta,
+                                        transform_fields)
+from edge_detector.runtime import (MANIFEST, ONNX_FILE, SCHEMA_VERSION, TFLITE_FILE, WEIGHTS, Detector, InputError,
+                                   batch_features, prepare_windows, windows_at)
+from edge_detector.runtime.bundle import forest_arrays, manifest_digest, sha256_file
+from edge_detector.runtime.engines import (OnnxStage1, TFLiteStage2, numpy_stage1, numpy_stage2,
+                                          tflite_interpreter_class)
+from edge_detector.runtime.lstm import DENSE_LAYERS, LSTM_LAYERS
+from edge_detector.runtime.windows import stage2_scores
 
 ONNX_TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 STAGE2_RTOL = 1e-4
@@ -91,26 +96,23 @@ def keras_weights(model) -> Dict[str, np.ndarray]:
     for name in LSTM_LAYERS:
         kernel, recurrent, bias = model.get_layer(name).get_weights()
         out.update({name + "/kernel": kernel, name + "/recurrent_kernel": recurrent, name + "/bias": bias})
-    for name in ("bottleneck", "output"):
+    for name in DENSE_LAYERS:
         kernel, bias = model.get_layer(name).get_weights()
         out.update({name + "/kernel": kernel, name + "/bias": bias})
     return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
 
 def convert_tflite(models: TrainedModels, path: str) -> list:
-    """Keras AE -> float32 TFLite with a fixed batch of 1 (fused UNIDIRECTIONAL_SEQUENCE_LSTM)."""
-    tf, tf_keras = import_tf_keras()
-    cfg = models.meta["config"]
-    from edge_detector.export.train import TrainConfig  # noqa: PLC0415
-    config = TrainConfig.from_dict(cfg)
+    """Keras AE -> float32 TFLite with a fixed batch of 1 (fused UNIDIRECTIONAL_SEQUENCE_LSTM); returns its ops."""
+    tf, tf_keras, _ = import_tf()
+    config = TrainConfig.from_dict(models.meta["config"])
     single = build_autoencoder(tf_keras, models.meta["window"], len(models.meta["sensors"]), config, batch_size=1)
     single.set_weights(models.keras.get_weights())
     converter = tf.lite.TFLiteConverter.from_keras_model(single)
     blob = converter.convert()
     with open(path, "wb") as fh:
         fh.write(blob)
-    from edge_detector.runtime import _tflite_interpreter_class  # noqa: PLC0415
-    interpreter = _tflite_interpreter_class()(model_path=path)
+    interpreter = tflite_interpreter_class()(model_path=path)
     ops = sorted({op["op_name"] for op in interpreter._get_ops_details()})
     if "UNIDIRECTIONAL_SEQUENCE_LSTM" not in ops:
         raise ParityError("TFLite conversion did not fuse the LSTMs (ops: %s)" % ", ".join(ops))
@@ -125,101 +127,126 @@ def convert_onnx(models: TrainedModels, path: str) -> None:
         fh.write(onx.SerializeToString())
 
 
-def _rel_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # relative to the reference score, floored at 1e-6 of the typical score so that a
-    # near-zero reference does not turn float32 rounding into a huge ratio
-    floor = 1e-6 * float(np.median(np.abs(b))) + 1e-12
-    return np.abs(a - b) / np.maximum(np.abs(b), floor)
-
-
-def check_parity(models: TrainedModels, data: Dataset, tmp_dir: str, raw: Dict[str, np.ndarray],
-                 progress: Optional[Callable[[str], None]] = print) -> dict:
-    """Every engine against the originals; raises ParityError on a miss."""
-    meta = models.meta
-    inp = models.stage2_input
-    values = np.asarray(data.values, dtype=np.float64)
+def parity_windows(models: TrainedModels, values: np.ndarray) -> np.ndarray:
+    """At least PARITY_WINDOWS consecutive raw windows from the end of the fit part: [count, span, sensors]."""
+    span = models.transform.span
     n = values.shape[0]
-    count = min(max(PARITY_WINDOWS, 1), n - inp.span + 1)
-    start = max(inp.span - 1, min(meta["split"]["fit_end"], n - count))
-    ends = np.arange(start, start + count)                          # consecutive windows
-    windows = windows_at(values, ends, inp.span)
+    count = min(max(PARITY_WINDOWS, 1), n - span + 1)
+    start = max(span - 1, min(models.meta["split"]["fit_end"], n - count))
+    return windows_at(values, np.arange(start, start + count), span)
+
+
+def check_stage2_parity(models: TrainedModels, values: np.ndarray, engines: dict, progress: Progress) -> dict:
+    """Each stage-2 engine against Keras, one window at a time (as the device runs it); ParityError on a miss."""
+    windows = parity_windows(models, values)
+    count = len(windows)
     reference = models.stage2(windows)
-    x = prepare_windows(windows, inp)
+    x = prepare_windows(windows, models.transform)
     report = {"stage2_windows": int(count)}
-    engines = {"numpy": NumpyStage2(fold_weights(raw)), "tflite": TFLiteStage2(os.path.join(tmp_dir, TFLITE_FILE))}
     for name, engine in engines.items():
-        got = np.concatenate([stage2_scores(x[i:i + 1], engine, inp.tail, inp.clip, inp.reduce)[0]
-                              for i in range(count)])
-        err = _rel_error(got, reference)
+        got = np.concatenate([stage2_scores(x[i:i + 1], engine, models.transform)[0] for i in range(count)])
+        err = rel_error(got, reference)
         report["stage2_%s_max_rel_error" % name] = float(err.max())
-        _log("parity stage 2 %-6s vs Keras : max rel error %.2e over %d consecutive windows"
-             % (name, err.max(), count), progress)
+        log(progress, "parity stage 2 %-6s vs Keras : max rel error %.2e over %d consecutive windows"
+            % (name, err.max(), count))
         if not err.max() <= STAGE2_RTOL:
             raise ParityError("stage 2 %s engine differs from Keras by rel %.2e > %.0e" % (name, err.max(), STAGE2_RTOL))
+    return report
 
-    feats = batch_features(values[:meta["split"]["train_end"]], models.spec)
-    reference1 = models.stage1(feats)
-    onnx = OnnxStage1(os.path.join(tmp_dir, ONNX_FILE), float(meta["iforest_offset"]))
-    forest = {k[len("iforest/"):]: v for k, v in raw.items() if k.startswith("iforest/")}
-    for name, got in (("numpy", iforest_score(prepare_forest(forest), feats)), ("onnx", onnx(feats))):
-        err = np.abs(got - reference1)
+
+def check_stage1_parity(models: TrainedModels, values: np.ndarray, engines: dict, progress: Progress) -> dict:
+    """Each stage-1 engine against scikit-learn on every training reading; ParityError on a miss."""
+    feats = batch_features(values[:models.meta["split"]["train_end"]], models.spec)
+    reference = models.stage1(feats)
+    report = {}
+    for name, engine in engines.items():
+        err = np.abs(engine(feats) - reference)
         report["stage1_%s_max_abs_error" % name] = float(err.max())
-        _log("parity stage 1 %-6s vs sklearn: max abs error %.2e over %d readings" % (name, err.max(), len(feats)),
-             progress)
+        log(progress, "parity stage 1 %-6s vs sklearn: max abs error %.2e over %d readings"
+            % (name, err.max(), len(feats)))
         if not err.max() <= STAGE1_ATOL:
             raise ParityError("stage 1 %s engine differs from scikit-learn by %.2e > %.0e" % (name, err.max(), STAGE1_ATOL))
     report["stage1_readings"] = int(len(feats))
     return report
 
 
-def export_bundle(model_dir: str, data: Dataset, out_dir: str, progress: Optional[Callable[[str], None]] = print) -> dict:
+def check_parity(models: TrainedModels, data: Dataset, folder: str, arrays: Dict[str, np.ndarray],
+                 progress: Progress = print) -> dict:
+    """Every engine of the bundle being written in ``folder`` against the originals; raises ParityError on a miss."""
+    values = np.asarray(data.values, dtype=np.float64)
+    stage2 = {"numpy": numpy_stage2(arrays), "tflite": TFLiteStage2(os.path.join(folder, TFLITE_FILE))}
+    stage1 = {"numpy": numpy_stage1(forest_arrays(arrays)),
+              "onnx": OnnxStage1(os.path.join(folder, ONNX_FILE), float(models.meta["iforest_offset"]))}
+    report = check_stage2_parity(models, values, stage2, progress)
+    report.update(check_stage1_parity(models, values, stage1, progress))
+    return report
+
+
+def bundle_arrays(models: TrainedModels) -> Dict[str, np.ndarray]:
+    """weights.npz: the autoencoder's Keras arrays and the packed forest under "iforest/"."""
+    arrays = keras_weights(models.keras)
+    arrays.update({"iforest/" + k: v for k, v in pack_forest(models.forest).items()})
+    return arrays
+
+
+def build_manifest(models: TrainedModels, ops: list, parity: dict, files: Dict[str, str]) -> dict:
+    """manifest.json: everything the device needs to load and run the bundle, sealed by its own digest."""
+    meta = models.meta
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "package_version": __version__,
+        "sensors": meta["sensors"],
+        "feature_spec": meta["feature_spec"],
+        "window": meta["window"],
+        "tail": meta["tail"],
+        "clip": meta["clip"],
+        "scale": meta["scale"],
+        "stage2_input": transform_fields(models.transform),
+        "thresholds": {k: meta["thresholds"][k] for k in ("tau1", "tau2", "iforest")},
+        "iforest_offset": meta["iforest_offset"],
+        "training_data": {k: meta["training_data"][k] for k in ("sha256", "rows", "train_rows")},
+        "tflite": {"ops": ops, "input_shape": [1, meta["window"], len(meta["sensors"])]},
+        "onnx": {"opset": ONNX_TARGET_OPSET},
+        "parity": parity,
+        "files": files,
+    }
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    return manifest
+
+
+def export_bundle(model_dir: str, data: Dataset, out_dir: str, progress: Progress = print) -> dict:
     """Convert a model folder into a bundle at ``out_dir``; returns the manifest.
 
     ``data`` is the training CSV's dataset: parity runs on its readings. The bundle is
     written into a temporary folder and renamed into place only after every check passed.
     """
     models = TrainedModels(model_dir)
-    meta = models.meta
-    if list(data.sensors) != list(meta["sensors"]):
-        raise ValueError("data sensors %s do not match the model's %s" % (data.sensors, meta["sensors"]))
-    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".bundle-", dir=parent)
-    try:
-        raw = keras_weights(models.keras)
-        raw.update({"iforest/" + k: v for k, v in pack_forest(models.forest).items()})
-        np.savez(os.path.join(tmp, WEIGHTS), **raw)
+    if list(data.sensors) != list(models.meta["sensors"]):
+        raise InputError("data sensors %s do not match the model's %s" % (data.sensors, models.meta["sensors"]))
+    with atomic_folder(out_dir, prefix=".bundle-") as tmp:
+        arrays = bundle_arrays(models)
+        np.savez(os.path.join(tmp, WEIGHTS), **arrays)
         ops = convert_tflite(models, os.path.join(tmp, TFLITE_FILE))
         convert_onnx(models, os.path.join(tmp, ONNX_FILE))
-        parity = check_parity(models, data, tmp, raw, progress)
+        parity = check_parity(models, data, tmp, arrays, progress)
         files = {name: sha256_file(os.path.join(tmp, name)) for name in (WEIGHTS, TFLITE_FILE, ONNX_FILE)}
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "package_version": __version__,
-            "sensors": meta["sensors"],
-            "feature_spec": meta["feature_spec"],
-            "window": meta["window"],
-            "tail": meta["tail"],
-            "clip": meta["clip"],
-            "scale": meta["scale"],
-            "stage2_input": models.stage2_input.extra_dict(),
-            "thresholds": {k: meta["thresholds"][k] for k in ("tau1", "tau2", "iforest")},
-            "iforest_offset": meta["iforest_offset"],
-            "training_data": {k: meta["training_data"][k] for k in ("sha256", "rows", "train_rows")},
-            "tflite": {"ops": ops, "input_shape": [1, meta["window"], len(meta["sensors"])]},
-            "onnx": {"opset": ONNX_TARGET_OPSET},
-            "parity": parity,
-            "files": files,
-        }
-        manifest["manifest_sha256"] = manifest_digest(manifest)
+        manifest = build_manifest(models, ops, parity, files)
         with open(os.path.join(tmp, MANIFEST), "w") as fh:
             json.dump(manifest, fh, indent=2)
         Detector.load(tmp)                              # the bundle must load before it lands
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _log("bundle written to %s" % out_dir, progress)
+    log(progress, "bundle written to %s" % out_dir)
     return manifest
+
+
+def export_model(model_dir: str, out_dir: str, data_path: Optional[str] = None,
+                 sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,
+                 timestamp_col: Optional[str] = None, progress: Progress = print) -> dict:
+    """``export_bundle`` with the training data read from ``data_path``, by default the CSV recorded at training."""
+    meta = read_model_meta(model_dir)
+    data_path = data_path or (meta.get("training_data") or {}).get("path")
+    if not data_path or not os.path.isfile(data_path):
+        raise InputError("the training CSV %s is needed for the parity checks: pass --data"
+                         % ("(%s) is gone;" % data_path if data_path else "was not recorded;"))
+    data = load_csv(data_path, sensors=list(sensors or meta["sensors"]), label_col=label_col,
+                    timestamp_col=timestamp_col)
+    return export_bundle(model_dir, data, out_dir, progress)

@@ -1,17 +1,19 @@
 """Sensor data for training: the synthetic generator and the one CSV loader.
 
-The loader is a thin layer over the runtime's own CSV parser (``runtime.read_csv``), so
+The loader is a thin layer over the runtime's own CSV parser (``runtime.readings``), so
 training and the device read a file the same way.
 """
 import csv
 import datetime as dt
 import hashlib
 import os
-from typing import List, NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edge_detector.runtime import InputError, read_csv
+from edge_detector.export.files import atomic_file
+from edge_detector.runtime import InputError, Layout, Reading, Rejected
+from edge_detector.runtime.readings import open_csv
 
 ANOMALY_KINDS = ("spike", "drop", "contextual", "collective")
 MINUTES_PER_DAY = 1440
@@ -107,9 +109,8 @@ def generate(n: int = 10_000, seed: int = 42, n_sensors: int = 4) -> Dataset:
 
 
 def write_csv(data: Dataset, path: str) -> None:
-    """Write a dataset in the layout ``generate`` uses (LF line endings, 6 decimals)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+    """Write a dataset in the layout ``generate`` uses (LF line endings, 6 decimals), atomically."""
+    with atomic_file(path, "w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         header = (["timestamp"] if data.timestamps else []) + list(data.sensors)
         header += (["is_anomaly"] if data.labels is not None else []) + (["anomaly_type"] if data.kinds else [])
@@ -120,7 +121,30 @@ def write_csv(data: Dataset, path: str) -> None:
             row += [int(data.labels[i])] if data.labels is not None else []
             row += [data.kinds[i]] if data.kinds else []
             w.writerow(row)
-    os.replace(tmp, path)
+
+
+def read_csv(path: str, sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,
+             timestamp_col: Optional[str] = None) -> Tuple[Layout, List[Reading]]:
+    """Every reading of a CSV file: (layout, readings); InputError naming the first line that is not a
+    complete, valid reading (training wants clean data)."""
+    if not os.path.isfile(path):
+        raise InputError("%s: no such file" % path)
+    readings = []
+    # newline="" keeps each line's own ending, so CRLF and LF files read alike
+    with open(path, "r", encoding="utf-8", newline="") as fh:
+        try:
+            layout, rows = open_csv(fh, sensors, label_col, timestamp_col)
+        except InputError as exc:
+            raise InputError("%s: %s" % (path, exc)) from None
+        for item in rows:
+            if isinstance(item, Rejected):
+                raise InputError("%s line %d: %s" % (path, item.line, item.reason))
+            missing = np.flatnonzero(np.isnan(item.values))
+            if missing.size:
+                raise InputError("%s line %d: missing value in %s"
+                                 % (path, item.line, ", ".join(layout.sensor_names[k] for k in missing)))
+            readings.append(item)
+    return layout, readings
 
 
 def load_csv(path: str, sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,
@@ -131,7 +155,7 @@ def load_csv(path: str, sensors: Optional[Sequence[str]] = None, label_col: Opti
     optional; ``sensors`` picks and orders sensor columns by name; ``label_col`` names the
     label (default: 'is_anomaly', 'anomaly' or 'label' when present).
     """
-    layout, readings, _ = read_csv(path, sensors=sensors, label_col=label_col, timestamp_col=timestamp_col)
+    layout, readings = read_csv(path, sensors=sensors, label_col=label_col, timestamp_col=timestamp_col)
     if not readings:
         raise InputError("%s: no data rows" % path)
     values = np.stack([r.values for r in readings])
@@ -148,3 +172,10 @@ def load_csv(path: str, sensors: Optional[Sequence[str]] = None, label_col: Opti
         if len(kinds) != len(readings):
             kinds = None
     return Dataset(values, layout.sensor_names, timestamps, labels, kinds)
+
+
+def generate_csv(path: str, n: int = 10_000, seed: int = 42) -> Dataset:
+    """``generate`` written to ``path`` with ``write_csv``; returns the dataset."""
+    data = generate(n=n, seed=seed)
+    write_csv(data, path)
+    return data

@@ -7,24 +7,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from edge_detector.export.data import ANOMALY_KINDS, Dataset
-from edge_detector.runtime import MODES, Detector, batch_features
+from edge_detector.export.data import ANOMALY_KINDS, Dataset, load_csv
+from edge_detector.export.metrics import aucs, confusion, continuous_scores, rates, split_start
+from edge_detector.runtime import MODES, Detector, InputError, batch_features
 
 MODE_LABELS = {"iforest": "IF-only", "lof": "LOF", "lstm": "LSTM-only", "hybrid": "hybrid"}
-
-
-def continuous_scores(detector: Detector, results) -> np.ndarray:
-    """One ranking score per reading, for ROC-AUC and PR-AUC.
-
-    hybrid: s2/tau2 where stage 2 ran, else s1/tau1 - 1 (<= 0, so below every screened
-    reading, as the decision rule ranks them); lstm: s2 (0 in warm-up); iforest: s1.
-    """
-    if detector.mode == "iforest":
-        return np.array([r.stage1 for r in results])
-    if detector.mode == "lstm":
-        return np.array([0.0 if r.stage2 is None else r.stage2 for r in results])
-    return np.array([r.stage2 / detector.tau2 if r.stage2 is not None else r.stage1 / detector.tau1 - 1.0
-                     for r in results])
 
 
 def events(labels: np.ndarray, kinds: Optional[Sequence[str]]) -> List[tuple]:
@@ -46,24 +33,12 @@ def events(labels: np.ndarray, kinds: Optional[Sequence[str]]) -> List[tuple]:
 
 def point_metrics(labels: np.ndarray, alarms: np.ndarray, scores: np.ndarray,
                   kinds: Optional[Sequence[str]] = None) -> dict:
-    from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: PLC0415
+    """Precision, recall, F1, AUCs, counts, false alarms per 1,000 and event recall per anomaly kind."""
     labels = labels.astype(bool)
-    tp = int(np.sum(alarms & labels))
-    fp = int(np.sum(alarms & ~labels))
-    fn = int(np.sum(~alarms & labels))
-    tn = int(np.sum(~alarms & ~labels))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-    both = labels.any() and not labels.all()
-    out = {
-        "precision": precision, "recall": recall, "f1": f1,
-        "roc_auc": float(roc_auc_score(labels, scores)) if both else None,
-        "pr_auc": float(average_precision_score(labels, scores)) if both else None,
-        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-        "false_alarms_per_1000": 1000.0 * fp / max(fp + tn, 1),
-        "alarms": int(alarms.sum()),
-    }
+    c = confusion(labels, alarms)
+    r = rates(c)
+    out = {"precision": r["precision"], "recall": r["recall"], "f1": r["f1"], **aucs(labels, scores),
+           **c._asdict(), "false_alarms_per_1000": r["false_alarms_per_1000"], "alarms": int(alarms.sum())}
     per_kind: Dict[str, list] = {}
     for start, stop, kind in events(labels, kinds):
         per_kind.setdefault(kind, []).append(bool(alarms[start:stop].any()))
@@ -76,16 +51,15 @@ def evaluate(bundle: str, data: Dataset, start: int = 0, engine: str = "numpy", 
              modes: Sequence[str] = MODES) -> Dict[str, dict]:
     """Metrics per mode on rows [start:], plus LOF when a model folder is given."""
     if data.labels is None:
-        raise ValueError("evaluation needs labels: the data has no label column (pass --label-col)")
+        raise InputError("evaluation needs labels: the data has no label column (pass --label-col)")
     labels = data.labels[start:]
     kinds = data.kinds[start:] if data.kinds else None
     report: Dict[str, dict] = {}
     for mode in modes:
         detector = Detector.load(bundle, engine=engine, mode=mode)
-        results = detector.score(data.values)[start:]
-        alarms = np.array([r.is_anomaly for r in results])
-        m = point_metrics(labels, alarms, continuous_scores(detector, results), kinds)
-        m["stage2_share"] = float(np.mean([r.stage2 is not None for r in results]))
+        scores = detector.score(data.values).rows(slice(start, None))
+        m = point_metrics(labels, scores.is_anomaly, continuous_scores(detector, scores), kinds)
+        m["stage2_share"] = float(np.mean(scores.stage2_ran))
         report[mode] = m
     if model_dir is not None:
         from edge_detector.export.train import TrainedModels  # noqa: PLC0415
@@ -95,6 +69,17 @@ def evaluate(bundle: str, data: Dataset, start: int = 0, engine: str = "numpy", 
         m["stage2_share"] = 0.0
         report["lof"] = m
     return report
+
+
+def evaluate_csv(bundle: str, path: str, test_fraction: float = 0.0, engine: str = "numpy",
+                 model_dir: Optional[str] = None, sensors: Optional[Sequence[str]] = None,
+                 label_col: Optional[str] = None, timestamp_col: Optional[str] = None) -> dict:
+    """``evaluate`` on a CSV file's last ``test_fraction`` of rows (0: all): {"rows", "start", "modes": report}."""
+    sensors = list(sensors or Detector.load(bundle).sensors)
+    data = load_csv(path, sensors=sensors, label_col=label_col, timestamp_col=timestamp_col)
+    start = split_start(len(data.values), test_fraction)
+    report = evaluate(bundle, data, start=start, engine=engine, model_dir=model_dir)
+    return {"rows": len(data.values) - start, "start": start, "modes": report}
 
 
 def comparison_table(report: Dict[str, dict], kinds: Sequence[str] = ANOMALY_KINDS) -> str:

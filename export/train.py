@@ -14,18 +14,20 @@ normal readings of the calibration part only. Test labels are never looked at.
 """
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from edge_detector import __version__
-from edge_detector.export.data import Dataset
-from edge_detector.runtime import (REDUCTIONS, FeatureSpec, Stage2Input, batch_features, check_choice,
-                                   prepare_windows, smooth_windows, stage2_scores, window_scores)
+from edge_detector.export.data import Dataset, load_csv
+from edge_detector.export.files import atomic_folder
+from edge_detector.export.progress import Progress, log
+from edge_detector.export.tf_setup import configure_device, import_tf
+from edge_detector.runtime import FeatureSpec, InputError, WindowTransform, batch_features, prepare_windows, windows_at
+from edge_detector.runtime.errors import check_choice
+from edge_detector.runtime.windows import REDUCTIONS, smooth_windows, stage2_scores, window_scores
 
 KERAS_FILE = "lstm_ae.keras"
 IFOREST_FILE = "iforest.joblib"
@@ -54,7 +56,7 @@ class TrainConfig:
     screen_share: float = 0.08       # share of normal readings stage 1 passes to stage 2
     tau2_quantile: float = 0.999     # of normal-window stage-2 scores
     tau2_margin: float = 1.0         # tau2 = margin x that quantile (room for drift between training and use)
-    # How stage 2 sees a window (runtime.Stage2Input explains each). The defaults suit data
+    # How stage 2 sees a window (runtime.WindowTransform explains each). The defaults suit data
     # with a trend, like the synthetic set; benchmarks/skab.py shows the settings for a test rig.
     smooth: int = 1                  # causal rolling mean of this many readings before windowing
     centre: str = "window"           # "window": each window's own median; "train": the training median
@@ -107,20 +109,6 @@ def preset_config(name: str, **overrides) -> "TrainConfig":
     return TrainConfig(**params)
 
 
-def _log(msg: str, progress: Optional[Callable[[str], None]]) -> None:
-    if progress is not None:
-        progress(msg)
-
-
-def import_tf_keras():
-    """tf_keras (Keras 2) with TensorFlow: its LSTMs convert to the fused TFLite op."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf  # noqa: PLC0415
-    import tf_keras  # noqa: PLC0415
-    return tf, tf_keras
-
-
 def build_autoencoder(tf_keras, window: int, n_sensors: int, config: TrainConfig, batch_size: Optional[int] = None):
     """Encoder LSTM(64) -> LSTM(32) -> Dense(16); decoder RepeatVector(W) -> LSTM(32) ->
     LSTM(64) -> TimeDistributed(Dense(sensors)). Dropout acts in training only.
@@ -147,7 +135,7 @@ def split_points(n: int, config: TrainConfig) -> Tuple[int, int]:
     train_end = int(round(n * config.train_fraction))
     fit_end = int(round(train_end * (1 - config.calibration_fraction)))
     if fit_end < 2 * config.window or train_end - fit_end < config.window:
-        raise ValueError("%d rows are too few for window %d: need at least %d"
+        raise InputError("%d rows are too few for window %d: need at least %d"
                          % (n, config.window, int(4 * config.window / config.train_fraction)))
     return fit_end, train_end
 
@@ -159,17 +147,11 @@ def window_ends(normal: np.ndarray, start: int, stop: int, window: int, stride: 
     return ends[(bad[ends + 1] - bad[ends + 1 - window]) == 0]
 
 
-def windows_at(values: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
-    # [time, sensors] -> [len(ends), window, sensors]
-    view = np.lib.stride_tricks.sliding_window_view(values, window, axis=0)     # [n-W+1, s, W]
-    return np.ascontiguousarray(view[ends - window + 1].transpose(0, 2, 1))
-
-
 CENTRES = ("window", "train")
 
 
-def fit_stage2_input(raw: np.ndarray, config: TrainConfig) -> Stage2Input:
-    """The stage-2 input transform, fitted on normal raw fit windows [b, W + smooth - 1, sensors].
+def fit_window_transform(windows: np.ndarray, config: TrainConfig) -> WindowTransform:
+    """The stage-2 window transform, fitted on normal raw fit windows [b, W + smooth - 1, sensors].
 
     ``scale`` is the per-sensor std of the smoothed, centred windows; with ``whiten`` the
     transform also decorrelates the sensors (ZCA: rotate to the principal axes, scale each to
@@ -180,10 +162,10 @@ def fit_stage2_input(raw: np.ndarray, config: TrainConfig) -> Stage2Input:
     check_choice("reduce", config.reduce, REDUCTIONS)
     if config.smooth < 1:
         raise ValueError("smooth is %d; it must be >= 1" % config.smooth)
-    n_sensors = raw.shape[2]
-    inp = Stage2Input(window=config.window, scale=np.ones(n_sensors), tail=config.tail, clip=config.input_clip,
-                      smooth=config.smooth, reduce=config.reduce)
-    x = smooth_windows(np.asarray(raw, dtype=np.float64), config.smooth)         # [b, W, s]
+    n_sensors = windows.shape[2]
+    transform = WindowTransform(window=config.window, scale=np.ones(n_sensors), tail=config.tail,
+                                clip=config.input_clip, smooth=config.smooth, reduce=config.reduce)
+    x = smooth_windows(np.asarray(windows, dtype=np.float64), config.smooth)        # [b, W, s]
     centre = np.median(x.reshape(-1, n_sensors), axis=0) if config.centre == "train" else None
     centred = x - (np.median(x, axis=1, keepdims=True) if centre is None else centre)
     flat = centred.reshape(-1, n_sensors)
@@ -194,154 +176,191 @@ def fit_stage2_input(raw: np.ndarray, config: TrainConfig) -> Stage2Input:
         eigval, eigvec = np.linalg.eigh(np.cov(flat / scale, rowvar=False))
         eigval = np.maximum(eigval, 1e-6 * max(float(eigval.max()), 1e-12))   # a constant sensor stays finite
         whiten = np.diag(1.0 / scale) @ eigvec @ np.diag(eigval ** -0.5) @ eigvec.T
-    return inp._replace(scale=scale, centre=centre, whiten=whiten)
+    return transform._replace(scale=scale, centre=centre, whiten=whiten)
 
 
-def configure_device(tf, progress) -> str:
-    """Train on a GPU when TensorFlow sees one, on the CPU otherwise; say which."""
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except (ValueError, RuntimeError):
-            pass
-    device = "GPU (%s)" % ", ".join(g.name for g in gpus) if gpus else "CPU"
-    _log("training device: %s" % device, progress)
-    return device
+def transform_fields(transform: WindowTransform) -> dict:
+    """The "stage2_input" field of a manifest (``WindowTransform.from_manifest`` reads it back)."""
+    return {"smooth": transform.smooth, "reduce": transform.reduce,
+            "centre": None if transform.centre is None else transform.centre.tolist(),
+            "whiten": None if transform.whiten is None else transform.whiten.tolist()}
 
 
-def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None,
-          progress: Optional[Callable[[str], None]] = print, source: Optional[str] = None) -> dict:
-    """Fit all models on ``data`` and write them with their calibration to ``out_dir``.
+class Split(NamedTuple):
+    """Row indices of the chronological split and the normal rows each model uses."""
+    fit_end: int                  # rows [0, fit_end) fit the models
+    train_end: int                # rows [fit_end, train_end) calibrate; the rest is the test split
+    normal: np.ndarray            # [time] bool: not labelled anomalous (all True without labels)
 
-    ``source`` is the CSV path the data came from; export finds it there for its parity checks.
 
-    Returns the metadata written to ``model.json``.
-    """
-    config = config or TrainConfig()
-    values = np.asarray(data.values, dtype=np.float64)
-    n, n_sensors = values.shape
+class Stage1(NamedTuple):
+    forest: object                # sklearn IsolationForest
+    lof: object                   # sklearn Pipeline(StandardScaler, LocalOutlierFactor)
+    thresholds: dict              # tau1, iforest, lof
+    calibration: dict             # shares of normal calibration readings above each threshold
+
+
+class Stage2(NamedTuple):
+    model: object                 # the tf_keras autoencoder
+    transform: WindowTransform
+    tau2: float
+    history: dict                 # Keras' loss and val_loss per epoch
+    share_above_tau2: float
+
+
+def chronological_split(data: Dataset, config: TrainConfig) -> Split:
+    """Where fitting, calibration and the test split start."""
+    n = len(data.values)
     fit_end, train_end = split_points(n, config)
     normal = ~data.labels if data.labels is not None else np.ones(n, dtype=bool)
-    spec = config.features
-    t0 = time.time()
+    return Split(fit_end, train_end, normal)
 
-    # Stage 1 and LOF: rolling features of the normal fit rows (past the feature warm-up).
-    # The IsolationForest fits on every fit row past the feature warm-up, anomalies included,
-    # as an unsupervised forest should: it learns to isolate the few odd rows it sees, which
-    # screened better than a forest of clean rows (IF-only F1 0.14 -> 0.30 over 5 seeds).
-    # LOF, the reference, fits on rows whose whole feature history is normal. Thresholds come
-    # from every normal-labelled calibration row (never test labels), those just after an
-    # anomaly included, because the device meets such rows too.
-    feats = batch_features(values[:train_end], spec)
-    fit_rows = np.arange(spec.history - 1, fit_end)
-    clean_rows = window_ends(normal, 0, fit_end, spec.history)
-    cal_rows = fit_end + np.flatnonzero(normal[fit_end:train_end])
-    if cal_rows.size < 20:
-        raise ValueError("the calibration part (rows %d-%d, the end of the training split) holds %d normal readings; "
-                         "thresholds need at least 20: choose a train fraction whose end is normal data"
-                         % (fit_end, train_end - 1, cal_rows.size))
-    _log("features: %d columns; fit rows %d, calibration rows %d" % (feats.shape[1], fit_rows.size, cal_rows.size),
-         progress)
 
+def fit_stage1(values: np.ndarray, split: Split, config: TrainConfig, progress: Progress) -> Stage1:
+    """The IsolationForest (stage 1), LOF (the reference) and their thresholds on normal calibration rows.
+
+    The IsolationForest fits on every fit row past the feature warm-up, anomalies included,
+    as an unsupervised forest should: it learns to isolate the few odd rows it sees, which
+    screened better than a forest of clean rows (IF-only F1 0.14 -> 0.30 over 5 seeds).
+    LOF fits on rows whose whole feature history is normal. Thresholds come from every
+    normal-labelled calibration row (never test labels), those just after an anomaly
+    included, because the device meets such rows too.
+    """
     from sklearn.ensemble import IsolationForest  # noqa: PLC0415
     from sklearn.neighbors import LocalOutlierFactor  # noqa: PLC0415
     from sklearn.pipeline import make_pipeline  # noqa: PLC0415
     from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
-    import joblib  # noqa: PLC0415
-
+    spec = config.features
+    feats = batch_features(values[:split.train_end], spec)                   # [train rows, features]
+    fit_rows = np.arange(spec.history - 1, split.fit_end)
+    clean_rows = window_ends(split.normal, 0, split.fit_end, spec.history)
+    cal_rows = split.fit_end + np.flatnonzero(split.normal[split.fit_end:split.train_end])
+    if cal_rows.size < 20:
+        raise InputError("the calibration part (rows %d-%d, the end of the training split) holds %d normal "
+                         "readings; thresholds need at least 20: choose a train fraction whose end is normal data"
+                         % (split.fit_end, split.train_end - 1, cal_rows.size))
+    log(progress, "features: %d columns; fit rows %d, calibration rows %d"
+        % (feats.shape[1], fit_rows.size, cal_rows.size))
     forest = IsolationForest(n_estimators=config.n_estimators, max_samples=min(config.max_samples, fit_rows.size),
                              random_state=config.seed).fit(feats[fit_rows])
     s1_cal = -forest.score_samples(feats[cal_rows])
     tau1 = float(np.quantile(s1_cal, 1 - config.screen_share))
     tau_iforest = float(np.quantile(s1_cal, config.iforest_quantile))
-    _log("stage 1: IsolationForest(%d trees) fitted; tau1=%.4f (passes %.0f%% of normal), iforest-only tau=%.4f"
-         % (config.n_estimators, tau1, 100 * config.screen_share, tau_iforest), progress)
-
+    log(progress, "stage 1: IsolationForest(%d trees) fitted; tau1=%.4f (passes %.0f%% of normal), iforest-only "
+        "tau=%.4f" % (config.n_estimators, tau1, 100 * config.screen_share, tau_iforest))
     lof = make_pipeline(StandardScaler(), LocalOutlierFactor(n_neighbors=config.lof_neighbors, novelty=True))
     lof.fit(feats[clean_rows])
     tau_lof = float(np.quantile(-lof.score_samples(feats[cal_rows]), config.lof_quantile))
+    return Stage1(forest, lof, {"tau1": tau1, "iforest": tau_iforest, "lof": tau_lof},
+                  {"stage1_share_above_tau1": float(np.mean(s1_cal > tau1)),
+                   "iforest_share_above_tau": float(np.mean(s1_cal > tau_iforest))})
 
-    # Stage 2: the LSTM autoencoder on prepared (by default median-centred, scaled) windows of normal readings.
-    tf, tf_keras = import_tf_keras()
-    device = configure_device(tf, progress)
+
+def fit_stage2(values: np.ndarray, split: Split, config: TrainConfig, progress: Progress) -> Stage2:
+    """The LSTM autoencoder on prepared windows of normal fit readings, and tau2 from normal calibration windows."""
+    tf, tf_keras, _ = import_tf()
     tf_keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     W = config.window
     span = W + config.smooth - 1
-    fit_ends = window_ends(normal, 0, fit_end, span, config.stride)
-    cal_ends = window_ends(normal, fit_end, train_end, span, 1)
+    fit_ends = window_ends(split.normal, 0, split.fit_end, span, config.stride)
+    cal_ends = window_ends(split.normal, split.fit_end, split.train_end, span, 1)
     if cal_ends.size < 10:
-        raise ValueError("the calibration part (rows %d-%d) holds %d normal windows of %d readings; tau2 needs at "
-                         "least 10: use a shorter window or a larger train fraction" % (fit_end, train_end - 1,
-                                                                                        cal_ends.size, W))
-    raw_fit = windows_at(values, fit_ends, span)                 # [b, span, sensors], cut once
-    inp = fit_stage2_input(raw_fit, config)
-    x_fit = prepare_windows(raw_fit, inp)
-    x_cal = prepare_windows(windows_at(values, cal_ends, span), inp)
-    model = build_autoencoder(tf_keras, W, n_sensors, config)
+        raise InputError("the calibration part (rows %d-%d) holds %d normal windows of %d readings; tau2 needs at "
+                         "least 10: use a shorter window or a larger train fraction"
+                         % (split.fit_end, split.train_end - 1, cal_ends.size, W))
+    fit_windows = windows_at(values, fit_ends, span)                  # [b, span, sensors], cut once
+    transform = fit_window_transform(fit_windows, config)
+    x_fit = prepare_windows(fit_windows, transform)                  # [b, W, sensors]
+    x_cal = prepare_windows(windows_at(values, cal_ends, span), transform)
+    model = build_autoencoder(tf_keras, W, values.shape[1], config)
     model.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss="mse")
-    _log("stage 2: LSTM AE on %d fit windows, %d calibration windows (W=%d)" % (len(x_fit), len(x_cal), W), progress)
+    log(progress, "stage 2: LSTM AE on %d fit windows, %d calibration windows (W=%d)" % (len(x_fit), len(x_cal), W))
     stop = tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
     c = config.input_clip
     x_fit, x_cal_in = np.clip(x_fit, -c, c), np.clip(x_cal, -c, c)
     history = model.fit(x_fit, x_fit, validation_data=(x_cal_in, x_cal_in), epochs=config.epochs,
                         batch_size=config.batch_size, shuffle=True, callbacks=[stop],
                         verbose=2 if progress is not None else 0)
-    s2_cal, _ = stage2_scores(x_cal, lambda v: model.predict(v, batch_size=256, verbose=0), config.tail, c,
-                              config.reduce)
+    s2_cal, _ = stage2_scores(x_cal, lambda v: model.predict(v, batch_size=256, verbose=0), transform)
     tau2 = config.tau2_margin * float(np.quantile(s2_cal, config.tau2_quantile))
-    _log("stage 2: tau2=%.4f (%g x q%.3f of %d normal windows)"
-         % (tau2, config.tau2_margin, config.tau2_quantile, len(s2_cal)), progress)
+    log(progress, "stage 2: tau2=%.4f (%g x q%.3f of %d normal windows)"
+        % (tau2, config.tau2_margin, config.tau2_quantile, len(s2_cal)))
+    return Stage2(model, transform, tau2, history.history, float(np.mean(s2_cal > tau2)))
 
-    meta = {
+
+def model_meta(data: Dataset, config: TrainConfig, split: Split, stage1: Stage1, stage2: Stage2, device: str,
+               source: Optional[str], seconds: float) -> dict:
+    """model.json: what export needs to write the manifest, and how the model was made."""
+    n = len(data.values)
+    return {
         "package_version": __version__,
         "sensors": list(data.sensors),
         "config": config.to_dict(),
-        "feature_spec": spec.to_dict(),
-        "window": W,
+        "feature_spec": config.features.to_dict(),
+        "window": config.window,
         "tail": config.tail,
         "clip": config.input_clip,
-        "scale": inp.scale.tolist(),
-        "stage2_input": inp.extra_dict(),
-        "thresholds": {"tau1": tau1, "tau2": tau2, "iforest": tau_iforest, "lof": tau_lof},
-        "iforest_offset": float(forest.offset_),
-        "split": {"rows": n, "fit_end": fit_end, "train_end": train_end},
-        "training_data": {"sha256": data.sha256, "rows": n, "train_rows": train_end,
+        "scale": stage2.transform.scale.tolist(),
+        "stage2_input": transform_fields(stage2.transform),
+        "thresholds": {"tau1": stage1.thresholds["tau1"], "tau2": stage2.tau2,
+                       "iforest": stage1.thresholds["iforest"], "lof": stage1.thresholds["lof"]},
+        "iforest_offset": float(stage1.forest.offset_),
+        "split": {"rows": n, "fit_end": split.fit_end, "train_end": split.train_end},
+        "training_data": {"sha256": data.sha256, "rows": n, "train_rows": split.train_end,
                           "path": os.path.abspath(source) if source else None},
         "device": device,
-        "epochs_run": len(history.history["loss"]),
-        "train_seconds": round(time.time() - t0, 1),
+        "epochs_run": len(stage2.history["loss"]),
+        "train_seconds": round(seconds, 1),
     }
+
+
+def save_model(out_dir: str, meta: dict, stage1: Stage1, stage2: Stage2) -> None:
+    """Write the model folder atomically: Keras, the two joblib models, model.json and metrics.json."""
+    import joblib  # noqa: PLC0415
     metrics = {
-        "loss": [float(v) for v in history.history["loss"]],
-        "val_loss": [float(v) for v in history.history["val_loss"]],
-        "calibration": {
-            "stage1_share_above_tau1": float(np.mean(s1_cal > tau1)),
-            "stage2_share_above_tau2": float(np.mean(s2_cal > tau2)),
-            "iforest_share_above_tau": float(np.mean(s1_cal > tau_iforest)),
-        },
+        "loss": [float(v) for v in stage2.history["loss"]],
+        "val_loss": [float(v) for v in stage2.history["val_loss"]],
+        "calibration": {"stage1_share_above_tau1": stage1.calibration["stage1_share_above_tau1"],
+                        "stage2_share_above_tau2": stage2.share_above_tau2,
+                        "iforest_share_above_tau": stage1.calibration["iforest_share_above_tau"]},
     }
-    # Write everything into a temporary folder, then rename: an interrupted run leaves no half model.
-    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".model-", dir=parent)
-    try:
-        model.save(os.path.join(tmp, KERAS_FILE))
-        joblib.dump(forest, os.path.join(tmp, IFOREST_FILE))
-        joblib.dump(lof, os.path.join(tmp, LOF_FILE))
+    with atomic_folder(out_dir, prefix=".model-") as tmp:
+        stage2.model.save(os.path.join(tmp, KERAS_FILE))
+        joblib.dump(stage1.forest, os.path.join(tmp, IFOREST_FILE))
+        joblib.dump(stage1.lof, os.path.join(tmp, LOF_FILE))
         with open(os.path.join(tmp, MODEL_JSON), "w") as fh:
             json.dump(meta, fh, indent=2)
         with open(os.path.join(tmp, METRICS_JSON), "w") as fh:
             json.dump(metrics, fh, indent=2)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _log("saved %s in %.1fs" % (out_dir, time.time() - t0), progress)
+
+
+def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None, progress: Progress = print,
+          source: Optional[str] = None) -> dict:
+    """Fit all models on ``data`` and write them with their calibration to ``out_dir``; returns model.json's dict.
+
+    ``source`` is the CSV path the data came from; export finds it there for its parity checks.
+    """
+    config = config or TrainConfig()
+    values = np.asarray(data.values, dtype=np.float64)
+    t0 = time.time()
+    split = chronological_split(data, config)
+    stage1 = fit_stage1(values, split, config, progress)
+    tf, _, _ = import_tf()
+    device = configure_device(tf)
+    log(progress, "training device: %s" % device)
+    stage2 = fit_stage2(values, split, config, progress)
+    meta = model_meta(data, config, split, stage1, stage2, device, source, time.time() - t0)
+    save_model(out_dir, meta, stage1, stage2)
+    log(progress, "saved %s in %.1fs" % (out_dir, time.time() - t0))
     return meta
+
+
+def train_csv(path: str, out_dir: str, config: Optional[TrainConfig] = None, sensors: Optional[Sequence[str]] = None,
+              label_col: Optional[str] = None, timestamp_col: Optional[str] = None, progress: Progress = print) -> dict:
+    """``train`` on a CSV file (read with ``load_csv``); the path is recorded for export's parity checks."""
+    data = load_csv(path, sensors=sensors, label_col=label_col, timestamp_col=timestamp_col)
+    return train(data, out_dir, config, progress=progress, source=path)
 
 
 class TrainedModels:
@@ -349,22 +368,18 @@ class TrainedModels:
 
     def __init__(self, model_dir: str):
         import joblib  # noqa: PLC0415
-        path = os.path.join(model_dir, MODEL_JSON)
-        if not os.path.isfile(path):
-            raise FileNotFoundError("%s is not a model folder: %s is missing" % (model_dir, MODEL_JSON))
-        with open(path) as fh:
-            self.meta = json.load(fh)
         self.dir = model_dir
+        self.meta = read_model_meta(model_dir)
         self.forest = joblib.load(os.path.join(model_dir, IFOREST_FILE))
         self.lof = joblib.load(os.path.join(model_dir, LOF_FILE))
         self._keras = None
         self.spec = FeatureSpec.from_dict(self.meta["feature_spec"])
-        self.stage2_input = Stage2Input.from_manifest(self.meta)
+        self.transform = WindowTransform.from_manifest(self.meta)
 
     @property
     def keras(self):
         if self._keras is None:
-            _, tf_keras = import_tf_keras()
+            _, tf_keras, _ = import_tf()
             self._keras = tf_keras.models.load_model(os.path.join(self.dir, KERAS_FILE), compile=False)
         return self._keras
 
@@ -375,6 +390,15 @@ class TrainedModels:
         return -self.lof.score_samples(features)
 
     def stage2(self, windows: np.ndarray) -> np.ndarray:
-        """Stage-2 scores of raw windows [b, span, sensors] through Keras."""
+        """Stage-2 scores of raw windows [b, span, sensors] through Keras: -> [b]."""
         predict = lambda v: self.keras.predict(v, batch_size=256, verbose=0)  # noqa: E731
-        return window_scores(windows, predict, self.stage2_input)[0]
+        return window_scores(windows, predict, self.transform)[0]
+
+
+def read_model_meta(model_dir: str) -> dict:
+    """model.json of a model folder; InputError naming the folder when it is not one."""
+    path = os.path.join(model_dir, MODEL_JSON)
+    if not os.path.isfile(path):
+        raise InputError("%s is not a model folder: %s is missing" % (model_dir, MODEL_JSON))
+    with open(path) as fh:
+        return json.load(fh)

@@ -1,8 +1,8 @@
-"""The Pi's own software stack, emulated: the packaged runtime.py on Debian bookworm arm64
+"""The Pi's own software stack, emulated: the packaged runtime on Debian bookworm arm64
 (python3 + python3-numpy 1.24 from debootstrap) under qemu-aarch64-static, against x86.
 
 The work is done by deploy/test-arm64.sh (`root` builds or reuses the cached root, `score` runs
-the archive's runtime.py in it); this test drives it and compares the events. It skips, with
+the archive's runtime in it); this test drives it and compares the events. It skips, with
 the reason, where debootstrap or qemu-aarch64-static is missing or where it is not run as root
 (.ci/run installs both as root in CI), or when EDGE_DETECTOR_ARM64=0. Otherwise it fails
 rather than pass without the emulated run.

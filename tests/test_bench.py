@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from edge_detector.runtime import Detector, batch_features, prepare_windows, stage2_scores
+from edge_detector.runtime import Detector, batch_features, prepare_windows
+from edge_detector.runtime.windows import stage2_scores
 
 pytestmark = pytest.mark.slow
 
@@ -49,11 +50,10 @@ def reference(trained, synthetic):
     if screened.size:
         view = np.lib.stride_tricks.sliding_window_view(values, det.span, axis=0)
         windows = np.ascontiguousarray(view[screened - det.span + 1].transpose(0, 2, 1))
-        x = prepare_windows(windows, det.stage2_input)
-        inp = det.stage2_input
-        s2, _ = stage2_scores(x, lambda v: keras.predict(v, verbose=0), inp.tail, inp.clip, inp.reduce)
+        x = prepare_windows(windows, det.transform)
+        s2, _ = stage2_scores(x, lambda v: keras.predict(v, verbose=0), det.transform)
         alarms_orig[screened] = s2 > det.tau2
-    alarms_numpy = np.array([r.is_anomaly for r in det.score(values)])
+    alarms_numpy = det.score(values).is_anomaly
     return {"start": start, "s1_orig": s1_orig[start:], "s1_numpy": s1_numpy,
             "alarms_orig": alarms_orig[start:], "alarms_numpy": alarms_numpy[start:], "labels": data.labels[start:]}
 

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_detector.runtime import BundleError, Detector, manifest_digest, sha256_file
+from edge_detector.runtime import BundleError, Detector
+from edge_detector.runtime.bundle import manifest_digest, sha256_file
 
 pytestmark = pytest.mark.slow
 FILES = ["weights.npz", "lstm_ae.tflite", "iforest.onnx", "manifest.json"]

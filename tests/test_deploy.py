@@ -44,11 +44,14 @@ def test_package_holds_bundle_runtime_runsh_readme_and_checksums(archive, traine
         members = {m.name: m for m in tar.getmembers()}
         files = {n: tar.extractfile(m).read() for n, m in members.items() if m.isfile()}
     assert all(n == "gateway" or n.startswith("gateway/") for n in members)
-    expected = {"gateway/runtime.py", "gateway/run.sh", "gateway/README.md", "gateway/SHA256SUMS"}
+    modules = sorted((REPO / "edge_detector" / "runtime").glob("*.py"))
+    expected = {"gateway/run.sh", "gateway/README.md", "gateway/SHA256SUMS"}
+    expected |= {"gateway/runtime/" + p.name for p in modules}
     expected |= {"gateway/bundle/" + p.name for p in bundle.iterdir()}
     assert set(files) == expected
     assert members["gateway/run.sh"].mode == 0o755
-    assert files["gateway/runtime.py"] == (REPO / "edge_detector" / "runtime.py").read_bytes()
+    for p in modules:
+        assert files["gateway/runtime/" + p.name] == p.read_bytes()
     for p in bundle.iterdir():
         assert files["gateway/bundle/" + p.name] == p.read_bytes()
     sums = dict(reversed(line.split("  ", 1)) for line in files["gateway/SHA256SUMS"].decode().splitlines())
@@ -97,7 +100,7 @@ def test_packaged_runtime_gives_detects_events_with_numpy_alone(archive, trained
     for fmt in ("jsonl", "influx"):
         expected = detect(bundle, csv_path, "--format", fmt)
         with open(device / "readings.csv", "rb") as stdin:
-            script = subprocess.run([py, "runtime.py", "bundle/", "--format", fmt], cwd=device, stdin=stdin,
+            script = subprocess.run([py, "-m", "runtime", "bundle/", "--format", fmt], cwd=device, stdin=stdin,
                                     capture_output=True, text=True, env=CLEAN_ENV)
         assert script.returncode == 0, script.stderr
         assert script.stdout == expected
@@ -177,10 +180,11 @@ def test_influx_escapes_measurement_tag_and_field_keys():
     lpp = _parser()
     sensors = ["flow rate", "p,1", "t=2", 'q"uote', "back\\slash", "new\nline"]
     shares = [0.5, 0.25, 0.125, 0.0625, 0.03125, 0.03125]
-    reading = Reading(7, "2024-01-06T15:22:00+01:00", None, None)
+    reading = Reading(7, "2024-01-06T15:22:00+01:00", timestamp_ns("2024-01-06T15:22:00+01:00"), None, None)
     score = Score(0.125, 9.5, True, dict(zip(sensors, shares)), False)
     record = event_record(reading, score, sensors)
-    line = influx_line(record, measurement="edge det,ector", tags={"site": "plant 1,=a", "zone id": "x"})
+    line = influx_line(record, reading.time_ns, measurement="edge det,ector",
+                       tags={"site": "plant 1,=a", "zone id": "x"})
     assert "\n" not in line
     point = lpp.parse_line(line)
     assert point["measurement"] == "edge det,ector"
@@ -191,9 +195,9 @@ def test_influx_escapes_measurement_tag_and_field_keys():
     assert point["fields"]["top_sensors"] == "flow rate,p,1,t=2"
     assert point["fields"]["stage2"] == 9.5 and point["fields"]["is_anomaly"] is True
     # string values keep quotes and backslashes; a warm-up event has no stage2 and no time without a timestamp
-    record = event_record(Reading(1, None, None, None), Score(0.25, None, False, None, True), sensors)
+    record = event_record(Reading(1, None, None, None, None), Score(0.25, None, False, None, True), sensors)
     record["top_sensors"] = ['a"b', "c\\d"]
-    point = lpp.parse_line(influx_line(record))
+    point = lpp.parse_line(influx_line(record, None))
     assert point["fields"] == {"line": 1, "stage1": 0.25, "is_anomaly": False, "warmup": True,
                                "top_sensors": 'a"b,c\\d'}
     assert point["time"] is None
@@ -207,8 +211,8 @@ def test_runtime_flushes_each_influx_line(trained, synthetic, tmp_path):
     import select
     _, bundle = trained
     _, csv_path = synthetic
-    runtime = REPO / "edge_detector" / "runtime.py"
-    proc = subprocess.Popen([sys.executable, str(runtime), str(bundle), "--format", "influx"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "edge_detector.runtime", str(bundle), "--format", "influx"],
+                            stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLEAN_ENV)
     try:
         lines = open(csv_path).read().splitlines()
@@ -318,7 +322,8 @@ def test_dockerfile_targets_arm64_on_slim_python():
 def test_firmware_example_raises_the_same_alarms_as_detect(trained, synthetic, tmp_path):
     _, bundle = trained
     _, csv_path = synthetic
-    shutil.copy(REPO / "edge_detector" / "runtime.py", tmp_path / "runtime.py")
+    shutil.copytree(REPO / "edge_detector" / "runtime", tmp_path / "runtime",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(DEPLOY / "firmware_example.py", tmp_path / "firmware_example.py")
     out = subprocess.run([sys.executable, "-I", str(tmp_path / "firmware_example.py"), "--bundle", str(bundle),
                           "--readings", str(csv_path)], capture_output=True, text=True, env=CLEAN_ENV)

@@ -5,7 +5,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from numpy.testing import assert_allclose
 
-from edge_detector.runtime import FEATURE_FAMILIES, FeatureSpec, FeatureState, batch_features, feature_names
+from edge_detector.runtime import FeatureSpec, FeatureState, batch_features, feature_names
+from edge_detector.runtime.features import FEATURE_FAMILIES
 from tests.conftest import skab_file
 
 

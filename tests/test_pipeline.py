@@ -5,7 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from edge_detector.runtime import BundleError, Detector, InputError, batch_features, standardize_windows
+from edge_detector.runtime import (BundleError, Detector, InputError, WindowTransform, batch_features,
+                                   prepare_windows, windows_at)
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -19,7 +20,6 @@ def originals(trained, synthetic):
 
 
 def windows_ending(values, ends, w):
-    from edge_detector.export.train import windows_at
     return windows_at(values, np.asarray(ends), w)
 
 
@@ -38,10 +38,11 @@ def test_stage2_parity_streaming_and_batch_over_1000_windows(request, synthetic,
     assert len(ends) >= 1000 and np.all(np.diff(ends) == 1)
     reference = originals.stage2(windows_ending(data.values, ends, det.span))
     s_stream = np.array([streamed[i].stage2 for i in ends])
-    s_batch = np.array([batch[i].stage2 for i in ends])
+    s_batch = batch.stage2[ends]
     np.testing.assert_allclose(s_stream, reference, rtol=1e-4)
     np.testing.assert_allclose(s_batch, reference, rtol=1e-4)
-    assert [r.is_anomaly for r in streamed] == [r.is_anomaly for r in batch]
+    assert [r.is_anomaly for r in streamed] == batch.is_anomaly.tolist()
+    assert [r.stage2 is not None for r in streamed] == batch.stage2_ran.tolist()
 
 
 @pytest.mark.parametrize("engine", ["numpy", "onnx"])
@@ -52,7 +53,7 @@ def test_stage1_parity_streaming_and_batch(trained, synthetic, originals, engine
     assert det.engines["stage1"] == engine
     reference = originals.stage1(batch_features(data.values, originals.spec))
     streamed = np.array([det.score_one(row).stage1 for row in data.values])
-    batch = np.array([r.stage1 for r in det.score(data.values)])
+    batch = det.score(data.values).stage1
     assert len(reference) >= 1000
     np.testing.assert_allclose(streamed, reference, rtol=0, atol=1e-5)
     np.testing.assert_allclose(batch, reference, rtol=0, atol=1e-5)
@@ -62,15 +63,13 @@ def test_hybrid_runs_stage2_only_where_stage1_flags(trained, synthetic):
     _, bundle = trained
     data, _ = synthetic
     det = Detector.load(str(bundle), mode="hybrid")
-    results = det.score(data.values)
-    ran = np.array([r.stage2 is not None for r in results])
-    s1 = np.array([r.stage1 for r in results])
-    warm = np.array([r.warmup for r in results])
+    scores = det.score(data.values)
+    ran, s1, warm, alarms = scores.stage2_ran, scores.stage1, scores.warmup, scores.is_anomaly
     np.testing.assert_array_equal(ran, (s1 > det.tau1) & ~warm)
     assert 0 < ran.mean() < 0.5
-    alarms = np.array([r.is_anomaly for r in results])
     assert not (alarms & ~ran).any()
-    for r in results:
+    for i in range(len(s1)):
+        r = det.verdict_at(scores, i)
         if r.stage2 is not None:
             assert r.is_anomaly == (r.stage2 > det.tau2)
             assert abs(sum(r.contributions.values()) - 1.0) < 1e-4
@@ -191,5 +190,5 @@ def test_training_is_deterministic(synthetic, trained, tmp_path):
 def test_stage2_input_is_level_free(synthetic):
     data, _ = synthetic
     w = windows_ending(data.values, [100, 200], 20)
-    np.testing.assert_allclose(standardize_windows(w + 500.0, np.ones(4)), standardize_windows(w, np.ones(4)),
-                               atol=1e-4)
+    transform = WindowTransform(window=20, scale=np.ones(4))            # the default: each window's own median
+    np.testing.assert_allclose(prepare_windows(w + 500.0, transform), prepare_windows(w, transform), atol=1e-4)

@@ -12,18 +12,6 @@ def load_skab_module():
     return load_benchmark("skab")
 
 
-def test_metrics_match_the_skab_definitions():
-    skab = load_skab_module()
-    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)
-    alarms = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 0], dtype=bool)
-    c = skab.confusion(labels, alarms)
-    assert c == {"tp": 3, "fp": 1, "fn": 1, "tn": 5}
-    r = skab.rates(c)
-    assert r["f1"] == pytest.approx(3 / (3 + (1 + 1) / 2))
-    assert r["far"] == pytest.approx(100 / 6)
-    assert r["mar"] == pytest.approx(25.0)
-
-
 def test_t2_reference_is_fitted_on_training_rows_only():
     skab = load_skab_module()
     rng = np.random.default_rng(0)

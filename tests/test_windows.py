@@ -1,12 +1,13 @@
-"""Stage 2's input transform: smoothing, centring, whitening, and how a bundle carries it."""
+"""Stage 2's window transform: smoothing, centring, whitening, and how a bundle carries it."""
 import json
 import shutil
 
 import numpy as np
 import pytest
 
-from edge_detector.runtime import (BundleError, Detector, Stage2Input, manifest_digest, prepare_windows,
-                                   smooth_windows)
+from edge_detector.runtime import BundleError, Detector, WindowTransform, prepare_windows, windows_at
+from edge_detector.runtime.bundle import manifest_digest
+from edge_detector.runtime.windows import smooth_windows
 
 
 def test_smoothing_is_a_causal_rolling_mean(rng):
@@ -19,7 +20,7 @@ def test_smoothing_is_a_causal_rolling_mean(rng):
 
 def test_a_window_gets_the_same_bits_alone_or_in_a_batch(rng):
     raw = rng.normal(size=(40, 14, 3)) * 50 + 20
-    inp = Stage2Input(window=10, scale=np.array([2.0, 3.0, 4.0]), smooth=5, centre=np.array([20.0, 21.0, 19.0]),
+    inp = WindowTransform(window=10, scale=np.array([2.0, 3.0, 4.0]), smooth=5, centre=np.array([20.0, 21.0, 19.0]),
                       whiten=rng.normal(size=(3, 3)), reduce="mean")
     batch = prepare_windows(raw, inp)
     alone = np.concatenate([prepare_windows(raw[i:i + 1], inp) for i in range(len(raw))])
@@ -28,15 +29,14 @@ def test_a_window_gets_the_same_bits_alone_or_in_a_batch(rng):
 
 
 def test_whitening_decorrelates_the_training_windows():
-    from edge_detector.export.train import TrainConfig, fit_stage2_input
+    from edge_detector.export.train import TrainConfig, fit_window_transform
     rng = np.random.default_rng(1)
     common = rng.normal(size=(3000, 1))
     values = np.hstack([common + 0.3 * rng.normal(size=(3000, 1)), 2 * common + 0.5 * rng.normal(size=(3000, 1)),
                         rng.normal(size=(3000, 1)) + 40])
     config = TrainConfig(window=20, smooth=3, centre="train", whiten=True, reduce="mean")
-    from edge_detector.export.train import windows_at
     raw = windows_at(values, np.arange(21, 3000), 22)
-    inp = fit_stage2_input(raw, config)
+    inp = fit_window_transform(raw, config)
     assert inp.span == 22 and inp.centre.shape == (3,) and inp.whiten.shape == (3, 3)
     z = prepare_windows(raw, inp).reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(np.cov(z, rowvar=False), np.eye(3), atol=0.05)
@@ -46,7 +46,7 @@ def test_whitening_decorrelates_the_training_windows():
 
 def test_a_training_centre_keeps_a_level_shift_visible(rng):
     windows = rng.normal(size=(2, 20, 2))
-    by_window = Stage2Input(window=20, scale=np.ones(2))
+    by_window = WindowTransform(window=20, scale=np.ones(2))
     by_training = by_window._replace(centre=np.zeros(2))
     shifted = windows + 5.0
     np.testing.assert_allclose(prepare_windows(shifted, by_window), prepare_windows(windows, by_window), atol=1e-5)
@@ -55,14 +55,14 @@ def test_a_training_centre_keeps_a_level_shift_visible(rng):
 
 
 def test_unknown_options_are_refused_by_name():
-    from edge_detector.export.train import TrainConfig, fit_stage2_input
+    from edge_detector.export.train import TrainConfig, fit_window_transform
     raw = np.zeros((70, 20, 2))
     with pytest.raises(ValueError, match="centre 'median' is not one of window, train"):
-        fit_stage2_input(raw, TrainConfig(window=20, centre="median"))
+        fit_window_transform(raw, TrainConfig(window=20, centre="median"))
     with pytest.raises(ValueError, match="reduce 'sum' is not one of max, mean"):
-        fit_stage2_input(raw, TrainConfig(window=20, reduce="sum"))
+        fit_window_transform(raw, TrainConfig(window=20, reduce="sum"))
     with pytest.raises(ValueError, match="smooth is 0"):
-        fit_stage2_input(raw, TrainConfig(window=20, smooth=0))
+        fit_window_transform(raw, TrainConfig(window=20, smooth=0))
 
 
 def _rewrite(bundle, tmp_path, change):

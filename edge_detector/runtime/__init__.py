@@ -1,0 +1,48 @@
+"""edge-detector runtime: two-stage sensor anomaly detection with NumPy alone.
+
+This package is the whole device side. ``edge-detector package`` ships it as a folder,
+``runtime/``, beside the bundle; run it there::
+
+    python3 -m runtime bundle/ < readings.csv > events.jsonl
+
+or import it::
+
+    from runtime import Detector                  # installed: from edge_detector.runtime import Detector
+    detector = Detector.load("bundle/")
+    result = detector.score_one([51.2, 40.3, 62.0, 48.8])
+
+It imports NumPy and the standard library only (the TFLite and ONNX engines import their
+runtimes lazily, inside the engine), with relative imports inside, and keeps to Python 3.9
+syntax and NumPy 1.24 APIs so that Raspberry Pi OS and older Jetson images can run it.
+
+A reading's way, module by module:
+
+    readings   CSV / JSON line -> Reading (values, parsed time) or Rejected (line, reason)
+    stream     StreamScorer: time and gap checks, missing values -> Detector.score_one
+    detector   features -> stage 1 (forest) -> s1 > tau1? -> stage 2 (windows, lstm) -> Score
+    events     Score -> a JSON Lines event or an InfluxDB point
+
+``bundle`` verifies the files before anything loads, ``engines`` decides who computes each
+stage, and ``errors`` holds the two exceptions and the one rule for a sensor value.
+Scores everywhere: higher = more anomalous.
+"""
+from .bundle import MANIFEST, ONNX_FILE, SCHEMA_VERSION, TFLITE_FILE, WEIGHTS, Bundle, load_bundle, load_manifest
+from .detector import MODES, Detector, Score, Scores
+from .engines import ENGINE_CHOICES, engine_available
+from .errors import MAX_ABS_VALUE, BundleError, InputError
+from .events import OUTPUT_FORMATS, event_record, influx_line
+from .features import FeatureSpec, FeatureState, batch_features, feature_names
+from .forest import iforest_score
+from .lstm import lstm_ae_forward
+from .readings import Layout, Reading, Rejected, parse_header, read_lines, timestamp_ns
+from .stream import DEFAULT_GAP_FACTOR, MISSING_POLICIES, StreamPolicy, StreamScorer, detect, run_stream
+from .windows import WindowTransform, prepare_windows, window_scores, windows_at
+
+__all__ = [
+    "BundleError", "Bundle", "DEFAULT_GAP_FACTOR", "Detector", "ENGINE_CHOICES", "FeatureSpec", "FeatureState",
+    "InputError", "Layout", "MANIFEST", "MAX_ABS_VALUE", "MISSING_POLICIES", "MODES", "ONNX_FILE", "OUTPUT_FORMATS",
+    "Reading", "Rejected", "SCHEMA_VERSION", "Score", "Scores", "StreamPolicy", "StreamScorer", "TFLITE_FILE",
+    "WEIGHTS", "WindowTransform", "batch_features", "detect", "engine_available", "event_record", "feature_names",
+    "iforest_score", "influx_line", "load_bundle", "load_manifest", "lstm_ae_forward", "parse_header",
+    "prepare_windows", "read_lines", "run_stream", "timestamp_ns", "window_scores", "windows_at",
+]
