@@ -14,9 +14,10 @@ import click
 from edge_detector import __version__
 from edge_detector.export.train import PRESETS   # numpy and the runtime only; TensorFlow loads inside train()
 from edge_detector.runtime import (
-    DEFAULT_GAP_FACTOR, ENGINE_CHOICES, MISSING_POLICIES, MODES, OUTPUT_FORMATS, BundleError, Detector, InputError,
-    StreamPolicy,
+    DEFAULT_GAP_FACTOR, DEFAULT_MAX_JUMP_S, ENGINE_CHOICES, MISSING_POLICIES, MODES, OUTPUT_FORMATS, BundleError,
+    Detector, InputError, StreamPolicy,
 )
+from edge_detector.runtime.trust import load_trust
 
 
 @contextlib.contextmanager
@@ -47,6 +48,34 @@ def _echo_err(msg: str) -> None:
 
 def _names(text):
     return [s.strip() for s in text.split(",")] if text else None
+
+
+# Options shared by the commands that run a bundle on a stream (detect, mqtt).
+trust_options = [
+    click.option("--trusted-keys", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="OpenSSH public key file (one or more ssh-ed25519 keys): run only bundles signed by one of "
+                 "them, never an older version than the last one accepted."),
+    click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+                 help="Where the versions accepted are recorded (default: $STATE_DIRECTORY, else "
+                 "~/.local/state/edge-detector)."),
+]
+time_options = [
+    click.option("--gap-factor", default=DEFAULT_GAP_FACTOR, show_default=True,
+                 help="A gap longer than this many median intervals resets the window state (0: never)."),
+    click.option("--max-jump", default=DEFAULT_MAX_JUMP_S, show_default=True,
+                 help="Seconds a reading's time may jump ahead of the last one; a bigger jump, or a step back, is "
+                 "rejected until 3 readings in a row agree on the new time (0: any jump)."),
+]
+sign_option = click.option("--sign-key", type=click.Path(exists=True, dir_okay=False), default=None,
+                           help="OpenSSH Ed25519 private key (ssh-keygen -t ed25519) to sign with.")
+
+
+def with_options(options):
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorate
 
 
 @click.group()
@@ -132,19 +161,24 @@ def train(data, out, sensors, label_col, timestamp_col, preset, seed, window, ep
 @click.option("--data", "data", default=None, type=click.Path(dir_okay=False),
               help="Training CSV for the parity checks (default: the path recorded at training).")
 @with_data_options
-def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col):
+@sign_option
+@click.option("--bundle-version", type=click.IntRange(min=0), default=None,
+              help="The bundle's version; a gateway with pinned keys never runs an older one [default: the export "
+              "time in epoch seconds].")
+def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col, sign_key, bundle_version):
     """Convert a model folder to a bundle: TFLite, ONNX, NumPy weights and a manifest.
 
     Refuses to write anything if an engine misses parity with the originals.
 
     Example:
 
-        edge-detector export model/ --out bundle/ --data data.csv
+        edge-detector export model/ --out bundle/ --sign-key ~/.ssh/edge_owner
     """
     _require_train_extra()
     from edge_detector.export.convert import export_model  # noqa: PLC0415
     with reported(InputError, _parity_error()):
-        export_model(model_dir, out, data, _names(sensors), label_col, timestamp_col, progress=_echo_err)
+        export_model(model_dir, out, data, _names(sensors), label_col, timestamp_col, progress=_echo_err,
+                     sign_key=sign_key, version=bundle_version)
     click.echo("bundle written to %s" % out)
 
 
@@ -161,13 +195,14 @@ def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col):
 @click.option("--missing", type=click.Choice(MISSING_POLICIES), default="reject", show_default=True,
               help="Empty sensor fields: reject the line, hold the sensor's last value, or interpolate "
                    "linearly to its next value (which delays those readings until it arrives).")
-@click.option("--gap-factor", default=DEFAULT_GAP_FACTOR, show_default=True,
-              help="A gap longer than this many median intervals resets the window state (0: never).")
+@with_options(time_options)
 @click.option("--stats", is_flag=True, help="Print the counts to stderr at the end.")
 @click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default="jsonl", show_default=True,
               help="jsonl: one JSON event per line; influx: InfluxDB line protocol, one line per event "
                    "(for Telegraf's inputs.execd).")
-def detect(bundle, input, engine, mode, out, alarms_only, missing, gap_factor, stats, output_format):
+@with_options(trust_options)
+def detect(bundle, input, engine, mode, out, alarms_only, missing, gap_factor, max_jump, stats, output_format,
+           trusted_keys, state_dir):
     """Score CSV or JSON Lines readings; write one JSON event per reading (JSON Lines).
 
     Reads the CSV layout `train` reads (timestamp and label columns are recognised and not
@@ -193,10 +228,10 @@ def detect(bundle, input, engine, mode, out, alarms_only, missing, gap_factor, s
         edge-detector detect bundle/ readings.csv --alarms-only
     """
     from edge_detector.runtime import detect as score_stream  # noqa: PLC0415
-    policy = StreamPolicy(missing=missing, gap_factor=gap_factor)
+    policy = StreamPolicy(missing=missing, gap_factor=gap_factor, max_jump=max_jump)
     with reported(BundleError, InputError, FileNotFoundError, IsADirectoryError, PermissionError):
         counts = score_stream(bundle, input, out, sys.stderr, engine=engine, mode=mode, alarms_only=alarms_only,
-                              policy=policy, output_format=output_format)
+                              policy=policy, output_format=output_format, trust=load_trust(trusted_keys, state_dir))
     if stats:
         _echo_err(json.dumps({"stats": counts}))
 
@@ -280,7 +315,8 @@ def bench(bundle, data, engines, model_dir, threads, runs, warmup, max_seconds, 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Archive to write (.tar.gz).")
-def package(bundle, out):
+@sign_option
+def package(bundle, out, sign_key):
     """Pack a bundle, the single-file runtime, run.sh and a device README into one archive.
 
     The archive unpacks to one folder named after it (gateway.tar.gz -> gateway/) and needs
@@ -293,7 +329,7 @@ def package(bundle, out):
     """
     from edge_detector.package import build_package  # noqa: PLC0415
     with reported(BundleError):
-        names = build_package(bundle, out)
+        names = build_package(bundle, out, sign_key=sign_key)
     click.echo("wrote %s: %d entries under %s/" % (out, len(names), names[0]))
 
 
@@ -312,15 +348,24 @@ def package(bundle, out):
 @click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True)
 @click.option("--missing", type=click.Choice(MISSING_POLICIES), default="reject", show_default=True,
               help="Missing sensor values (absent or null keys): as for detect.")
-@click.option("--gap-factor", default=DEFAULT_GAP_FACTOR, show_default=True,
-              help="A gap longer than this many median intervals resets the window state (0: never).")
+@with_options(time_options)
 @click.option("--client-id", default=None, help="MQTT client id (default: edge-detector-<pid>).")
-@click.option("--username", default=None, help="MQTT user name; the password comes from $MQTT_PASSWORD.")
+@click.option("--username", default=None,
+              help="MQTT user name; the password comes from $MQTT_PASSWORD or --password-file, never the command line.")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File holding the MQTT password (its first line).")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CA certificate that signed the broker's: turns TLS on (use it for any broker not on this host).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Client certificate, for a broker that asks for one (with --tls-key).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="The client certificate's key.")
 @click.option("--persistent-session/--clean-session", default=False, show_default=True,
               help="Keep the broker session across restarts (needs --client-id): readings sent while the bridge "
                    "is down wait at the broker, and each is acknowledged only once scored.")
+@with_options(trust_options)
 def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format, engine, mode, missing, gap_factor,
-         client_id, username, persistent_session):
+         max_jump, client_id, username, password_file, tls_ca, tls_cert, tls_key, persistent_session, trusted_keys,
+         state_dir):
     """Subscribe to a topic of JSON readings and publish alarm events to another topic.
 
     Needs the mqtt extra (paho-mqtt). Each message is one JSON reading keyed by sensor name,
@@ -328,22 +373,30 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
     Rejected messages and notices go to stderr as JSON lines. SIGTERM or SIGINT finish the
     current message, wait for outstanding publishes, print the counts to stderr and exit 0.
     No received reading is dropped: a stop scores every message already received, or, with
-    --persistent-session, leaves the unscored ones to the broker for the next start.
+    --persistent-session, leaves the unscored ones to the broker for the next start. A broker
+    that is down at start is retried, with a line on stderr per attempt.
 
     Example:
 
-        edge-detector mqtt bundle/ --host 127.0.0.1 --in-topic plant/readings --out-topic plant/alarms
+        edge-detector mqtt bundle/ --host broker.plant --port 8883 --tls-ca ca.crt --username gw1
+        --password-file /etc/edge-detector/mqtt-password --trusted-keys owner.pub
     """
     if persistent_session and not client_id:
-        raise click.UsageError("--persistent-session needs --client-id: the broker keeps the session under that id")
-    from edge_detector.mqtt import run_bridge  # noqa: PLC0415
+        raise click.UsageError("--persistent-session needs --client-id: the broker keeps the session under it")
+    if tls_key and not tls_cert:
+        raise click.UsageError("--tls-key needs --tls-cert")
+    from edge_detector.mqtt import Tls, run_bridge  # noqa: PLC0415
+    password = os.environ.get("MQTT_PASSWORD")
+    if password_file:
+        with open(password_file, encoding="utf-8") as fh:
+            password = fh.readline().rstrip("\r\n")
     with reported(BundleError):
-        detector = Detector.load(bundle, engine=engine, mode=mode)
+        detector = Detector.load(bundle, engine=engine, mode=mode, trust=load_trust(trusted_keys, state_dir))
+    policy = StreamPolicy(missing=missing, gap_factor=gap_factor, max_jump=max_jump)
     counts = run_bridge(detector, host=host, port=port, in_topic=in_topic, out_topic=out_topic, qos=qos,
-                        alarms_only=not all_events, policy=StreamPolicy(missing=missing, gap_factor=gap_factor),
-                        output_format=output_format, client_id=client_id, username=username,
-                        password=os.environ.get("MQTT_PASSWORD"), err=sys.stderr,
-                        persistent_session=persistent_session)
+                        alarms_only=not all_events, policy=policy, output_format=output_format, client_id=client_id,
+                        username=username, password=password, err=sys.stderr, persistent_session=persistent_session,
+                        tls=Tls(tls_ca, tls_cert, tls_key))
     _echo_err(json.dumps({"stats": counts}))
 
 

@@ -20,6 +20,20 @@ the client acknowledges it, so:
 - with ``persistent_session`` (a fixed ``client_id``), it acknowledges each message only
   after scoring it and stops without draining. The broker keeps the session, hands the
   unacknowledged messages back at the next start, and queues what arrives meanwhile.
+
+No message can stop the bridge. A payload over ``max_payload`` bytes is rejected without being
+decoded; a payload that is not UTF-8 or not a valid reading is rejected with its reason; and a
+message whose scoring fails for any other reason (a bug) is rejected too, its traceback written
+to stderr, so one poison message cannot crash-loop a service that the broker keeps handing it
+back to. Every rejected message is acknowledged. The queue between the network thread and the
+scorer holds at most ``max_queue`` messages; beyond that a message is dropped, counted in
+"dropped", and said on stderr (with a persistent session the broker's in-flight limit keeps
+the queue short, so nothing is dropped there).
+
+Security: ``tls_ca`` (and ``tls_cert``/``tls_key`` for a client certificate) turn on TLS; the
+password comes from the caller (the CLI reads it from $MQTT_PASSWORD or --password-file, never
+from the command line). A broker that is down or unknown at start is retried with backoff
+(1 s doubling to 30 s), one line on stderr per failed attempt.
 """
 import contextlib
 import json
@@ -27,12 +41,15 @@ import os
 import queue
 import sys
 import threading
-from typing import Dict, Optional
+import traceback
+from typing import Dict, NamedTuple, Optional
 
 from edge_detector.runtime import Detector, InputError, Rejected, StreamPolicy, StreamScorer
 from edge_detector.runtime.events import event_writer
-from edge_detector.runtime.readings import parse_json_line
+from edge_detector.runtime.readings import MAX_LINE_BYTES, parse_json_line
 from edge_detector.runtime.stream import stop_signals
+
+MAX_QUEUE = 10000
 
 
 def _paho():
@@ -43,6 +60,21 @@ def _paho():
     if not hasattr(mqtt, "CallbackAPIVersion"):
         raise RuntimeError("the MQTT bridge needs paho-mqtt >= 2.0: pip install -U paho-mqtt")
     return mqtt
+
+
+class Tls(NamedTuple):
+    """TLS settings: the CA that signed the broker's certificate, and an optional client certificate and key."""
+    ca: Optional[str] = None
+    cert: Optional[str] = None
+    key: Optional[str] = None
+
+
+class Received(NamedTuple):
+    """A message as the scorer gets it: its payload (None when it was too large to keep) and how to ack it."""
+    mid: int
+    qos: int
+    payload: Optional[bytes]
+    size: int
 
 
 class Publisher:
@@ -66,14 +98,91 @@ class Publisher:
                 pass
 
 
-def parse_message(payload: bytes, sensors, n: int):
-    """One message's payload -> Reading, or Rejected with message number ``n`` and the reason."""
+def parse_message(message: Received, sensors, n: int, max_payload: int = MAX_LINE_BYTES):
+    """One received message -> Reading, or Rejected with message number ``n`` and the reason."""
+    payload = message.payload
+    if payload is None:
+        return Rejected(n, "message of %d bytes is over the %d-byte limit" % (message.size, max_payload))
     try:
         # one message is one reading, whatever its line breaks
         text = payload.decode("utf-8").replace("\r", " ").replace("\n", " ")
         return parse_json_line(text, sensors, n)
-    except (UnicodeDecodeError, InputError) as exc:
+    except UnicodeDecodeError as exc:
+        return Rejected(n, "not valid UTF-8: byte 0x%02x at position %d" % (payload[exc.start], exc.start))
+    except InputError as exc:
         return Rejected(n, str(exc))
+
+
+class Notes:
+    """stderr as JSON lines, one write per line, safe from the network thread and the scorer at once."""
+
+    def __init__(self, err):
+        self.err, self.lock = err, threading.Lock()
+
+    def __call__(self, record: dict) -> None:
+        with self.lock:
+            self.err.write(json.dumps(record) + "\n")
+            self.err.flush()
+
+
+class Inbox:
+    """The bounded queue of received messages, with the count of those dropped because it was full."""
+
+    def __init__(self, note: Notes, max_queue: int = MAX_QUEUE, max_payload: int = MAX_LINE_BYTES):
+        self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.note, self.max_payload, self.dropped, self.dropping = note, max_payload, 0, False
+
+    def put(self, message) -> None:
+        """Called on the network thread: keep the message (its payload only when small enough) or drop it."""
+        size = len(message.payload)
+        item = Received(message.mid, message.qos, message.payload if size <= self.max_payload else None, size)
+        try:
+            self.queue.put_nowait(item)
+            self.dropping = self.dropping and self.queue.qsize() > self.queue.maxsize // 2
+        except queue.Full:
+            self.dropped += 1
+            if not self.dropping:
+                self.dropping = True
+                self.note({"notice": "the queue of received messages is full (%d): dropping messages until it "
+                                     "drains; see 'dropped' in the counts" % self.queue.maxsize})
+
+
+def make_client(mqtt, client_id: str, persistent_session: bool, username: Optional[str], password: Optional[str],
+                tls: Tls):
+    """A paho client: clean or persistent session, user name and password, TLS when a CA is given."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent_session,
+                         manual_ack=persistent_session)
+    if username:
+        client.username_pw_set(username, password)
+    if tls.ca or tls.cert:
+        client.tls_set(ca_certs=tls.ca, certfile=tls.cert, keyfile=tls.key)
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    return client
+
+
+def attach_callbacks(client, note: Notes, inbox: Inbox, stop: threading.Event, unsubscribed: threading.Event,
+                     where: str, in_topic: str, out_topic: str, qos: int) -> None:
+    """Subscribe on every connect; say on stderr what the connection does; queue what arrives."""
+    def on_connect(client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            note({"notice": "MQTT connection to %s refused: %s; retrying" % (where, reason_code)})
+            return
+        client.subscribe(in_topic, qos=qos)
+
+    def on_connect_fail(client, userdata):
+        note({"notice": "MQTT broker %s cannot be reached; retrying (1 s doubling to 30 s)" % where})
+
+    def on_subscribe(client, userdata, mid, reason_codes, properties):
+        note({"notice": "connected to %s, subscribed to %s, publishing to %s" % (where, in_topic, out_topic)})
+
+    def on_disconnect(client, userdata, flags, reason_code, properties):
+        if not stop.is_set():
+            note({"notice": "MQTT disconnected (%s); reconnecting" % reason_code})
+
+    client.on_connect, client.on_connect_fail, client.on_subscribe = on_connect, on_connect_fail, on_subscribe
+    client.on_disconnect = on_disconnect
+    client.on_message = lambda client, userdata, message: inbox.put(message)
+    client.on_unsubscribe = lambda client, userdata, mid, reason_codes, properties: unsubscribed.set()
 
 
 def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in_topic: str = "sensors/readings",
@@ -81,79 +190,57 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
                policy: StreamPolicy = StreamPolicy(), output_format: str = "jsonl",
                client_id: Optional[str] = None, username: Optional[str] = None, password: Optional[str] = None,
                keepalive: int = 60, err=None, stop: Optional[threading.Event] = None,
-               stop_on_signals: bool = True, persistent_session: bool = False) -> Dict[str, int]:
-    """Run the bridge until SIGTERM/SIGINT (or ``stop`` is set); returns the stream's counts."""
+               stop_on_signals: bool = True, persistent_session: bool = False, tls: Optional[Tls] = None,
+               max_queue: int = MAX_QUEUE, max_payload: int = MAX_LINE_BYTES) -> Dict[str, int]:
+    """Run the bridge until SIGTERM/SIGINT (or ``stop`` is set); returns the stream's counts plus
+    "published" and "dropped"."""
     if persistent_session and not client_id:
         raise ValueError("a persistent session needs a fixed client id: the broker keeps the session under it")
     mqtt = _paho()
-    err = err if err is not None else sys.stderr
+    note = Notes(err if err is not None else sys.stderr)
     stop = stop if stop is not None else threading.Event()
-    inbox: queue.Queue = queue.Queue()                   # received paho MQTTMessage objects
-    lock = threading.Lock()
-
-    def note(record: dict) -> None:
-        with lock:
-            err.write(json.dumps(record) + "\n")
-            err.flush()
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "edge-detector-%d" % os.getpid(),
-                         clean_session=not persistent_session, manual_ack=persistent_session)
-    if username:
-        client.username_pw_set(username, password)
-
-    def on_connect(client, userdata, flags, reason_code, properties):
-        if reason_code.is_failure:
-            note({"notice": "MQTT connection to %s:%d refused: %s" % (host, port, reason_code)})
-            return
-        client.subscribe(in_topic, qos=qos)
-
-    def on_subscribe(client, userdata, mid, reason_codes, properties):
-        note({"notice": "connected to %s:%d, subscribed to %s, publishing to %s" % (host, port, in_topic, out_topic)})
-
-    def on_disconnect(client, userdata, flags, reason_code, properties):
-        if not stop.is_set():
-            note({"notice": "MQTT disconnected (%s); reconnecting" % reason_code})
-
-    def on_message(client, userdata, message):
-        inbox.put(message)
-
-    unsubscribed = threading.Event()
-
-    def on_unsubscribe(client, userdata, mid, reason_codes, properties):
-        unsubscribed.set()
-
-    client.on_connect, client.on_subscribe, client.on_unsubscribe = on_connect, on_subscribe, on_unsubscribe
-    client.on_disconnect, client.on_message = on_disconnect, on_message
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
-    client.connect(host, port, keepalive)
+    inbox, unsubscribed = Inbox(note, max_queue, max_payload), threading.Event()
+    client = make_client(mqtt, client_id or "edge-detector-%d" % os.getpid(), persistent_session, username, password,
+                         tls or Tls())
+    attach_callbacks(client, note, inbox, stop, unsubscribed, "%s:%d" % (host, port), in_topic, out_topic, qos)
+    client.connect_async(host, port, keepalive)
     client.loop_start()
-
     publisher = Publisher(client, out_topic, qos)
-    scorer = StreamScorer(detector, event_writer(output_format, publisher, detector.sensors), err, alarms_only, policy)
-    n = 0
-
-    def handle(message) -> None:
-        nonlocal n
-        n += 1
-        scorer.feed(parse_message(message.payload, detector.sensors, n))
-        if persistent_session:
-            client.ack(message.mid, message.qos)      # scored (or rejected): the broker may forget it
-
+    scorer = StreamScorer(detector, event_writer(output_format, publisher, detector.sensors), note.err, alarms_only,
+                          policy)
+    handle = message_handler(scorer, client, note, persistent_session, inbox.max_payload)
     signals = stop_signals(lambda signum, frame: stop.set()) if stop_on_signals else contextlib.nullcontext()
     try:
         with signals:
-            consume(inbox, handle, stop)
+            consume(inbox.queue, handle, stop)
             if not persistent_session:
-                drain(client, inbox, handle, in_topic, unsubscribed, note, mqtt.MQTT_ERR_SUCCESS)
+                drain(client, inbox.queue, handle, in_topic, unsubscribed, note, mqtt.MQTT_ERR_SUCCESS)
             scorer.flush_pending()
     finally:
         stop.set()
         publisher.wait()
         client.disconnect()
         client.loop_stop()
-    counts = dict(scorer.stats)
-    counts["published"] = publisher.published
-    return counts
+    return dict(scorer.stats, published=publisher.published, dropped=inbox.dropped)
+
+
+def message_handler(scorer: StreamScorer, client, note: Notes, persistent_session: bool, max_payload: int):
+    """handle(received): score or reject one message, whatever it holds, then acknowledge it (persistent session)."""
+    count = [0]
+
+    def handle(message: Received) -> None:
+        count[0] += 1
+        n = count[0]
+        try:
+            scorer.feed(parse_message(message, scorer.detector.sensors, n, max_payload))
+        except Exception as exc:  # a bug: its traceback goes to stderr, and the message does not stop the bridge
+            note({"line": n, "notice": "internal error while scoring this message", "traceback": traceback.format_exc()})
+            stats = scorer.stats
+            if stats["read"] > stats["scored"] + stats["rejected"]:
+                scorer.reject(n, "internal error: %s: %s" % (type(exc).__name__, exc))
+        if persistent_session:
+            client.ack(message.mid, message.qos)      # scored (or rejected): the broker may forget it
+    return handle
 
 
 def consume(inbox: queue.Queue, handle, stop: threading.Event) -> None:

@@ -3,7 +3,8 @@
 The archive holds a single top-level folder named after the archive (``gateway.tar.gz`` ->
 ``gateway/``) with:
 
-- ``bundle/``      the verified bundle (manifest, weights, TFLite, ONNX);
+- ``bundle/``      the verified bundle: the manifest, its signature if it has one, and exactly the
+                   files the manifest lists (never a symlink, never a stray file);
 - ``runtime/``     the NumPy runtime package (``python3 -m runtime bundle/ < readings.csv``);
 - ``run.sh``       a POSIX shell wrapper that checks Python and NumPy, then runs the runtime;
 - ``README.md``    how to use it on the device;
@@ -11,7 +12,9 @@ The archive holds a single top-level folder named after the archive (``gateway.t
 
 The device needs Python >= 3.9 and NumPy >= 1.24, nothing else. The archive is written to
 a temporary file beside ``out`` and renamed into place, so an interrupted run leaves no
-half-written archive under the final name.
+half-written archive under the final name. With a signing key, ``out.sig`` beside it is the
+owner's SSH signature of the archive (``ssh-keygen -Y verify`` checks it, namespace
+``edge-detector-package``): ``deploy/install.sh --trusted-keys`` verifies it before unpacking.
 """
 import hashlib
 import io
@@ -22,7 +25,10 @@ from typing import Dict, List, Optional
 
 from edge_detector import runtime as runtime_package
 from edge_detector.export.files import atomic_file
+from edge_detector.export.signing import PACKAGE_NAMESPACE, sign
 from edge_detector.runtime import MANIFEST, Detector
+from edge_detector.runtime.bundle import read_plain_file
+from edge_detector.runtime.trust import SIGNATURE
 
 RUN_SH = r"""#!/bin/sh
 # edge-detector gateway runner: scores CSV or JSON Lines readings with the bundle beside it.
@@ -110,17 +116,19 @@ def runtime_files() -> Dict[str, bytes]:
     return files
 
 
+def bundle_files(bundle: str, manifest: dict) -> Dict[str, bytes]:
+    """The bundle's files as the archive holds them ("bundle/<name>" -> bytes): the manifest, its signature
+    if present, and the files the manifest lists; each a plain file (a symlink is refused by name)."""
+    names = [MANIFEST] + sorted(manifest["files"])
+    if os.path.lexists(os.path.join(bundle, SIGNATURE)):
+        names.append(SIGNATURE)
+    return {"bundle/" + name: read_plain_file(os.path.join(bundle, name)) for name in names}
+
+
 def package_members(bundle: str) -> Dict[str, bytes]:
     """The archive's files (relative path -> bytes), after checking that the bundle loads."""
     detector = Detector.load(bundle)                      # verifies schema, checksums and shapes
-    files: Dict[str, bytes] = {}
-    for name in sorted(os.listdir(bundle)):
-        path = os.path.join(bundle, name)
-        if os.path.isfile(path):
-            with open(path, "rb") as fh:
-                files["bundle/" + name] = fh.read()
-    if "bundle/" + MANIFEST not in files:
-        raise ValueError("%s has no %s" % (bundle, MANIFEST))
+    files = bundle_files(bundle, detector.manifest)
     files.update(runtime_files())
     files["run.sh"] = RUN_SH.encode()
     from edge_detector import __version__  # noqa: PLC0415
@@ -132,11 +140,11 @@ def package_members(bundle: str) -> Dict[str, bytes]:
     return files
 
 
-def build_package(bundle: str, out: str, prefix: Optional[str] = None) -> List[str]:
+def build_package(bundle: str, out: str, prefix: Optional[str] = None, sign_key: Optional[str] = None) -> List[str]:
     """Write the gateway archive ``out`` (.tar.gz); returns the member names.
 
     ``prefix`` is the top-level folder inside the archive (default: the archive's name
-    without .tar.gz / .tgz).
+    without .tar.gz / .tgz). ``sign_key`` writes ``out.sig``, the archive's SSH signature.
     """
     if not os.path.isdir(bundle):
         raise FileNotFoundError("%s: no such bundle folder" % bundle)
@@ -164,4 +172,9 @@ def build_package(bundle: str, out: str, prefix: Optional[str] = None) -> List[s
                 info.mode = 0o755 if name == "run.sh" else 0o644
                 tar.addfile(info, io.BytesIO(data))
                 names.append(info.name)
+    if sign_key:
+        with open(out, "rb") as fh:
+            signature = sign(fh.read(), sign_key, PACKAGE_NAMESPACE)
+        with atomic_file(out + ".sig", "wb") as fh:
+            fh.write(signature)
     return names

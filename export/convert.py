@@ -8,6 +8,7 @@ consecutive windows (stage 2) and every calibration reading (stage 1):
 """
 import json
 import os
+import time
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ from edge_detector.export.data import Dataset, load_csv
 from edge_detector.export.files import atomic_folder
 from edge_detector.export.metrics import rel_error
 from edge_detector.export.progress import Progress, log
+from edge_detector.export.signing import sign
 from edge_detector.export.tf_setup import import_tf
 from edge_detector.export.train import (TrainConfig, TrainedModels, build_autoencoder, read_model_meta,
                                         transform_fields)
@@ -26,6 +28,8 @@ from edge_detector.runtime.bundle import forest_arrays, manifest_digest, sha256_
 from edge_detector.runtime.engines import (OnnxStage1, TFLiteStage2, numpy_stage1, numpy_stage2,
                                           tflite_interpreter_class)
 from edge_detector.runtime.lstm import DENSE_LAYERS, LSTM_LAYERS
+from edge_detector.runtime.signature import BUNDLE_NAMESPACE, parse_signature, verify
+from edge_detector.runtime.trust import SIGNATURE
 from edge_detector.runtime.windows import stage2_scores
 
 ONNX_TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
@@ -189,11 +193,12 @@ def bundle_arrays(models: TrainedModels) -> Dict[str, np.ndarray]:
     return arrays
 
 
-def build_manifest(models: TrainedModels, ops: list, parity: dict, files: Dict[str, str]) -> dict:
+def build_manifest(models: TrainedModels, ops: list, parity: dict, files: Dict[str, str], version: int) -> dict:
     """manifest.json: everything the device needs to load and run the bundle, sealed by its own digest."""
     meta = models.meta
     manifest = {
         "schema_version": SCHEMA_VERSION,
+        "bundle_version": version,
         "package_version": __version__,
         "sensors": meta["sensors"],
         "feature_spec": meta["feature_spec"],
@@ -214,15 +219,33 @@ def build_manifest(models: TrainedModels, ops: list, parity: dict, files: Dict[s
     return manifest
 
 
-def export_bundle(model_dir: str, data: Dataset, out_dir: str, progress: Progress = print) -> dict:
+def write_manifest(folder: str, manifest: dict, sign_key: Optional[str]) -> None:
+    """manifest.json, and with ``sign_key`` its signature manifest.sig over exactly those bytes."""
+    data = json.dumps(manifest, indent=2).encode("utf-8")
+    with open(os.path.join(folder, MANIFEST), "wb") as fh:
+        fh.write(data)
+    if sign_key:
+        armored = sign(data, sign_key, BUNDLE_NAMESPACE)
+        signer = parse_signature(armored).public_key
+        verify(data, armored, [signer], BUNDLE_NAMESPACE, "the new bundle")      # the key signs what it says
+        with open(os.path.join(folder, SIGNATURE), "wb") as fh:
+            fh.write(armored)
+
+
+def export_bundle(model_dir: str, data: Dataset, out_dir: str, progress: Progress = print,
+                  sign_key: Optional[str] = None, version: Optional[int] = None) -> dict:
     """Convert a model folder into a bundle at ``out_dir``; returns the manifest.
 
-    ``data`` is the training CSV's dataset: parity runs on its readings. The bundle is
-    written into a temporary folder and renamed into place only after every check passed.
+    ``data`` is the training CSV's dataset: parity runs on its readings. ``sign_key`` (an OpenSSH
+    Ed25519 private key file) signs the manifest; ``version`` is the bundle's version, which a
+    gateway with pinned keys never lets go down (default: the export time in epoch seconds, so
+    each export is newer than the last). The bundle is written into a temporary folder and renamed
+    into place only after every check passed.
     """
     models = TrainedModels(model_dir)
     if list(data.sensors) != list(models.meta["sensors"]):
         raise InputError("data sensors %s do not match the model's %s" % (data.sensors, models.meta["sensors"]))
+    version = int(time.time()) if version is None else int(version)
     with atomic_folder(out_dir, prefix=".bundle-") as tmp:
         arrays = bundle_arrays(models)
         np.savez(os.path.join(tmp, WEIGHTS), **arrays)
@@ -230,17 +253,17 @@ def export_bundle(model_dir: str, data: Dataset, out_dir: str, progress: Progres
         convert_onnx(models, os.path.join(tmp, ONNX_FILE))
         parity = check_parity(models, data, tmp, arrays, progress)
         files = {name: sha256_file(os.path.join(tmp, name)) for name in (WEIGHTS, TFLITE_FILE, ONNX_FILE)}
-        manifest = build_manifest(models, ops, parity, files)
-        with open(os.path.join(tmp, MANIFEST), "w") as fh:
-            json.dump(manifest, fh, indent=2)
+        manifest = build_manifest(models, ops, parity, files, version)
+        write_manifest(tmp, manifest, sign_key)
         Detector.load(tmp)                              # the bundle must load before it lands
-    log(progress, "bundle written to %s" % out_dir)
+    log(progress, "bundle written to %s%s" % (out_dir, " (signed)" if sign_key else ""))
     return manifest
 
 
 def export_model(model_dir: str, out_dir: str, data_path: Optional[str] = None,
                  sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,
-                 timestamp_col: Optional[str] = None, progress: Progress = print) -> dict:
+                 timestamp_col: Optional[str] = None, progress: Progress = print, sign_key: Optional[str] = None,
+                 version: Optional[int] = None) -> dict:
     """``export_bundle`` with the training data read from ``data_path``, by default the CSV recorded at training."""
     meta = read_model_meta(model_dir)
     data_path = data_path or (meta.get("training_data") or {}).get("path")
@@ -249,4 +272,4 @@ def export_model(model_dir: str, out_dir: str, data_path: Optional[str] = None,
                          % ("(%s) is gone;" % data_path if data_path else "was not recorded;"))
     data = load_csv(data_path, sensors=list(sensors or meta["sensors"]), label_col=label_col,
                     timestamp_col=timestamp_col)
-    return export_bundle(model_dir, data, out_dir, progress)
+    return export_bundle(model_dir, data, out_dir, progress, sign_key=sign_key, version=version)

@@ -97,3 +97,20 @@ def numpy_only_python(tmp_path_factory):
     if proc.returncode != 0:
         pytest.fail("could not install %s in a fresh venv: %s" % (spec, proc.stderr[-2000:]))
     return python
+
+
+# The interpreter install.sh builds its venv from: the system's, as on a gateway, where one exists (a pyenv
+# python under /root would be closed to the unprivileged user that install.sh runs its checks as).
+SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
+
+
+@pytest.fixture
+def open_dir():
+    """A fresh folder every user can reach (pytest's own temporary folders are closed to others), for
+    install.sh, whose checks run as an unprivileged user."""
+    import shutil
+    import tempfile
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="edge-detector-open-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

@@ -234,3 +234,178 @@ def test_a_persistent_session_needs_a_client_id(trained):
     _, bundle = trained
     result = CliRunner().invoke(cli, ["mqtt", str(bundle), "--persistent-session"])
     assert result.exit_code == 2 and "--persistent-session needs --client-id" in result.output
+
+
+# ---------------------------------------------------------------- unattended: poison messages, caps, TLS (issue 12)
+
+def test_a_poison_message_is_rejected_acknowledged_and_never_comes_back(broker, trained, synthetic):
+    """With a persistent session (the shipped unit's), a message that used to crash the bridge came back at
+    every restart: a crash loop. Now it is rejected with its reason, acknowledged, and the next start sees none."""
+    _, bundle = trained
+    _, csv_path = synthetic
+    from edge_detector.runtime import Detector
+    good = _payloads(csv_path, 30)
+    poison = [b"\xff\xfe not utf-8", b'{"sensor_1": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+              b'{"sensor_1": ' + b"9" * 400 + b"}", b'{"timestamp": "1e999999", "sensor_1": 1}',
+              json.dumps({"timestamp": "2099-01-01 00:00:00", "sensor_1": 1.0, "sensor_2": 2.0, "sensor_3": 3.0,
+                          "sensor_4": 4.0}).encode()]
+    options = dict(persistent_session=True, client_id="edge-test-poison", alarms_only=False)
+    thread, stop, first = _start_bridge(Detector.load(str(bundle)), broker, "poison", **options)
+    _publish_all(broker, "poison/readings", good[:10] + poison + good[10:])
+    time.sleep(3.0)                      # the broker has handed all 35 over
+    stop.set()
+    thread.join(60)
+    assert first["read"] == 35 and first["rejected"] == 5 and first["scored"] == 30, first
+    thread, stop, second = _start_bridge(Detector.load(str(bundle)), broker, "poison", **options)
+    time.sleep(2.0)
+    stop.set()
+    thread.join(60)
+    assert second["read"] == 0, second                    # nothing handed back: every message was acknowledged
+
+
+def test_an_oversized_payload_is_rejected_without_being_decoded():
+    from edge_detector.mqtt import Inbox, Notes, parse_message
+
+    class Message:
+        def __init__(self, payload, mid=1):
+            self.payload, self.mid, self.qos = payload, mid, 1
+    notes = []
+    inbox = Inbox(Notes(_ListStream(notes)), max_queue=3, max_payload=100)
+    inbox.put(Message(b"x" * 101))
+    item = inbox.queue.get_nowait()
+    assert item.payload is None and item.size == 101              # the payload is not kept
+    rejected = parse_message(item, ["s"], 7, inbox.max_payload)
+    assert rejected.line == 7 and "message of 101 bytes is over the 100-byte limit" in rejected.reason
+    for i in range(5):                                              # the queue is bounded: 3 kept, 2 dropped, 1 notice
+        inbox.put(Message(b"{}", i))
+    assert inbox.queue.qsize() == 3 and inbox.dropped == 2
+    assert len(notes) == 1 and "dropping messages" in notes[0]
+
+
+class _ListStream:
+    def __init__(self, lines):
+        self.lines = lines
+
+    def write(self, text):
+        self.lines.append(text)
+
+    def flush(self):
+        pass
+
+
+def test_each_event_is_one_message_whatever_its_sensor_names_hold():
+    """Events used to be split on Unicode line breaks: 80 events became 86 messages."""
+    import numpy as np
+
+    from edge_detector.mqtt import Publisher
+    from edge_detector.runtime import Reading, Score
+    from edge_detector.runtime.events import event_writer
+
+    class Client:
+        def __init__(self):
+            self.sent = []
+
+        def publish(self, topic, payload, qos):
+            self.sent.append(payload)
+    sensors = ["a\u2028b", "c\x1cd", "e\x85f"]
+    client = Client()
+    for fmt in ("jsonl", "influx"):
+        client.sent.clear()
+        writer = event_writer(fmt, Publisher(client, "t", 1), sensors)
+        for i in range(80):
+            shares = dict(zip(sensors, (0.5, 0.25, 0.25)))
+            writer.write(Reading(i, None, None, np.zeros(3), None), Score(0.5, 2.0, True, shares, False))
+        assert len(client.sent) == 80, fmt
+
+
+def _tls_broker(folder):
+    """mosquitto on 127.0.0.1 with TLS (certificates made here with openssl) and a password file."""
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    passwd = shutil.which("mosquitto_passwd") or (
+        "/usr/bin/mosquitto_passwd" if os.path.exists("/usr/bin/mosquitto_passwd") else None)
+    if not exe or not passwd or not shutil.which("openssl"):
+        pytest.skip("mosquitto, mosquitto_passwd and openssl are needed for the TLS test")
+    # mosquitto started as root reads its files as the 'mosquitto' user: ``folder`` is open to every user
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=edge-test-ca")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "server.crt", "-days", "2", "-extfile", "ext.cnf")
+    subprocess.run([passwd, "-b", "-c", str(folder / "passwords"), "gateway1", "s3cret-pw"], check=True,
+                   capture_output=True)
+    for p in folder.iterdir():
+        p.chmod(0o644)
+    port = _free_port()
+    conf = folder / "mosquitto.conf"
+    conf.write_text("per_listener_settings true\nlistener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\n"
+                    "allow_anonymous false\npassword_file %s\npersistence false\n"
+                    % (port, folder / "ca.crt", folder / "server.crt", folder / "server.key", folder / "passwords"))
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, port, folder
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail("mosquitto exited: %s" % proc.stdout.read())
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail("the TLS mosquitto did not listen")
+
+
+def test_mqtt_over_tls_with_a_password_file(trained, synthetic, tmp_path, open_dir):
+    pytest.importorskip("paho.mqtt.client", reason="paho-mqtt (the mqtt extra) is not installed")
+    _, bundle = trained
+    _, csv_path = synthetic
+    broker, port, folder = _tls_broker(open_dir)
+    (tmp_path / "pw").write_text("s3cret-pw\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MQTT_PASSWORD")}
+    env["PYTHONUNBUFFERED"] = "1"
+    base = [sys.executable, "-m", "edge_detector.cli", "mqtt", str(bundle), "--host", "127.0.0.1", "--port", str(port),
+            "--tls-ca", str(folder / "ca.crt"), "--username", "gateway1", "--in-topic", "tls/readings",
+            "--out-topic", "tls/events", "--all-events"]
+    try:
+        # the right password (from a file, never argv): subscribed, and readings come back as events
+        bridge = subprocess.Popen(base + ["--password-file", str(tmp_path / "pw")], stderr=subprocess.PIPE, text=True,
+                                  env=env)
+        lines = []
+        ready = threading.Event()
+
+        def read():
+            for line in bridge.stderr:
+                lines.append(line)
+                if "subscribed to tls/readings" in line:
+                    ready.set()
+        threading.Thread(target=read, daemon=True).start()
+        assert ready.wait(60), "".join(lines)
+        import paho.mqtt.client as mqtt
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tls-pub")
+        pub.username_pw_set("gateway1", "s3cret-pw")
+        pub.tls_set(ca_certs=str(folder / "ca.crt"))
+        pub.connect("127.0.0.1", port)
+        pub.loop_start()
+        for p in _payloads(csv_path, 20):
+            pub.publish("tls/readings", p, qos=1).wait_for_publish(10)
+        time.sleep(2.0)
+        pub.loop_stop()
+        pub.disconnect()
+        bridge.send_signal(signal.SIGTERM)
+        bridge.wait(30)
+        stats = json.loads(lines[-1])["stats"]
+        assert bridge.returncode == 0 and stats["scored"] == 20 and stats["published"] == 20, "".join(lines)
+        # a wrong password is refused by the broker, said in one line, retried, never a traceback
+        (tmp_path / "bad").write_text("wrong\n")
+        bad = subprocess.Popen(base + ["--password-file", str(tmp_path / "bad")], stderr=subprocess.PIPE, text=True,
+                               env=env)
+        time.sleep(3.0)
+        bad.send_signal(signal.SIGTERM)
+        _, err = bad.communicate(timeout=30)
+        assert bad.returncode == 0 and "refused" in err and "Traceback" not in err, err
+    finally:
+        broker.terminate()
+        broker.wait(10)

@@ -96,7 +96,7 @@ def test_runtime_imports_only_numpy_the_standard_library_and_itself():
 
     import edge_detector.runtime as runtime_package
     folder = os.path.dirname(runtime_package.__file__)
-    lazy = {"ai_edge_litert", "tflite_runtime", "onnxruntime"}          # optional engines, imported inside functions
+    lazy = {"ai_edge_litert", "tflite_runtime", "onnxruntime", "cryptography"}   # optional, imported inside functions
     for name in sorted(os.listdir(folder)):
         if not name.endswith(".py"):
             continue

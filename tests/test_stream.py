@@ -89,7 +89,8 @@ def test_missing_value_policies(detector):
 
 
 def test_a_long_gap_resets_the_window(detector):
-    lines = [HEADER] + csv_rows(80) + csv_rows(80, start=10_000)
+    # a gap of 12 hours: over 10 median intervals, under the one-day --max-jump (a bigger jump is a clock glitch)
+    lines = [HEADER] + csv_rows(80) + csv_rows(80, start=800)
     stats, events, errors = run(detector, "\n".join(lines) + "\n")
     assert stats["resets"] == 1 and errors[0]["line"] == 82 and "state reset" in errors[0]["notice"]
     assert events[80]["warmup"] is True and events[79]["warmup"] is False

@@ -35,11 +35,12 @@ from .features import FeatureSpec, FeatureState, batch_features, feature_names
 from .forest import iforest_score
 from .lstm import lstm_ae_forward
 from .readings import Layout, Reading, Rejected, parse_header, read_lines, timestamp_ns
-from .stream import DEFAULT_GAP_FACTOR, MISSING_POLICIES, StreamPolicy, StreamScorer, detect, run_stream
+from .clock import DEFAULT_GAP_FACTOR, DEFAULT_MAX_JUMP_S
+from .stream import MISSING_POLICIES, StreamPolicy, StreamScorer, detect, run_stream
 from .windows import WindowTransform, prepare_windows, window_scores, windows_at
 
 __all__ = [
-    "BundleError", "Bundle", "DEFAULT_GAP_FACTOR", "Detector", "ENGINE_CHOICES", "FeatureSpec", "FeatureState",
+    "BundleError", "Bundle", "DEFAULT_GAP_FACTOR", "DEFAULT_MAX_JUMP_S", "Detector", "ENGINE_CHOICES", "FeatureSpec", "FeatureState",
     "InputError", "Layout", "MANIFEST", "MAX_ABS_VALUE", "MISSING_POLICIES", "MODES", "ONNX_FILE", "OUTPUT_FORMATS",
     "Reading", "Rejected", "SCHEMA_VERSION", "Score", "Scores", "StreamPolicy", "StreamScorer", "TFLITE_FILE",
     "WEIGHTS", "WindowTransform", "batch_features", "detect", "engine_available", "event_record", "feature_names",

@@ -1,19 +1,24 @@
 """The bundle: a folder with a manifest, the NumPy weights, and the TFLite and ONNX models.
 
-Loading verifies the schema version, the manifest's own checksum, the sha256 of every file it
-lists, and that the weights' shapes fit the manifest, before anything is used. Every refusal
-is a ``BundleError`` that names the file or field.
+Loading checks, in order, before anything is used: the manifest's size; with trusted keys, its
+signature (``trust``); its JSON, schema version and every field's type and bounds (``schema``);
+its own checksum; the sha256 of every file it lists (plain files only, never a symlink); and
+the weights' array names, dtypes and shapes from their headers, before their data is read.
+Every refusal is a ``BundleError`` that names the file or field.
 """
 import hashlib
 import json
 import os
-from typing import Dict, NamedTuple
+import stat
+import zipfile
+from typing import Dict, NamedTuple, Optional
 
 import numpy as np
 
 from .errors import BundleError
 from .features import FeatureSpec, feature_names
-from .lstm import LSTM_LAYERS
+from .schema import check_manifest, check_weights
+from .trust import Trust, check_signed, check_version
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -22,6 +27,7 @@ TFLITE_FILE = "lstm_ae.tflite"
 ONNX_FILE = "iforest.onnx"
 REQUIRED_FIELDS = ("sensors", "feature_spec", "window", "scale", "clip", "thresholds", "files", "tail",
                    "manifest_sha256")
+MAX_MANIFEST_BYTES = 8 * 2 ** 20
 
 
 class Bundle(NamedTuple):
@@ -29,6 +35,7 @@ class Bundle(NamedTuple):
     path: str
     manifest: dict
     arrays: Dict[str, np.ndarray]
+    signer: Optional[str] = None          # the signing key's fingerprint, when trusted keys were given
 
     def file(self, name: str) -> str:
         """The path of a file the manifest lists; BundleError if it lists none by that name."""
@@ -37,59 +44,55 @@ class Bundle(NamedTuple):
         return os.path.join(self.path, name)
 
 
+def read_plain_file(path: str, limit: Optional[int] = None) -> bytes:
+    """The bytes of a regular file, never through a symlink; BundleError naming it otherwise (or beyond ``limit``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise BundleError("%s cannot be opened as a plain file (%s)" % (path, exc.strerror or exc)) from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise BundleError("%s is not a regular file" % path)
+        data = fh.read() if limit is None else fh.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise BundleError("%s is larger than %d bytes" % (path, limit))
+    return data
+
+
 def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hashlib.sha256(read_plain_file(path)).hexdigest()
 
 
 def manifest_digest(manifest: dict) -> str:
     """sha256 of the manifest's canonical JSON, without its own ``manifest_sha256`` field.
 
     Export writes it and loading checks it, so a manifest changed after export (a flipped digit
-    in a threshold, say) is refused. It is a checksum, not a signature.
+    in a threshold, say) is refused. It is a checksum, not a signature: that is ``manifest.sig``.
     """
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
-def read_manifest(path: str) -> dict:
-    """The manifest of bundle folder ``path`` as a dict, refused by name when missing or not a JSON object."""
+def read_manifest_bytes(path: str) -> bytes:
+    """The manifest file's bytes, refused by name when the folder or the file is missing, or it is too large."""
     if not os.path.isdir(path):
         raise BundleError("bundle %r: no such directory" % path)
     try:
-        with open(os.path.join(path, MANIFEST), "rb") as fh:
-            manifest = json.loads(fh.read().decode("utf-8"))
+        return read_plain_file(os.path.join(path, MANIFEST), MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise BundleError("bundle %r: %s is missing" % (path, MANIFEST)) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError("bundle %r: %s is not valid JSON (%s)" % (path, MANIFEST, exc)) from None
+
+
+def parse_manifest(path: str, data: bytes) -> dict:
+    """The manifest as a dict: JSON, an object, this runtime's schema version, every field typed and bounded."""
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BundleError("bundle %r: %s is not valid JSON (%s)" % (path, MANIFEST, str(exc)[:200])) from None
     if not isinstance(manifest, dict):
         raise BundleError("bundle %r: %s is not a JSON object" % (path, MANIFEST))
-    return manifest
-
-
-def check_files(path: str, files: object) -> None:
-    """Every file the manifest lists exists, is a plain name, and has the sha256 it says."""
-    if not isinstance(files, dict) or WEIGHTS not in files:
-        raise BundleError("bundle %r: field 'files' must list %s with its sha256" % (path, WEIGHTS))
-    for name, expected in sorted(files.items()):
-        if os.path.basename(name) != name:
-            raise BundleError("bundle %r: field 'files' names %r, which is not a plain file name" % (path, name))
-        file_path = os.path.join(path, name)
-        if not os.path.isfile(file_path):
-            raise BundleError("bundle %r: file %s is listed in the manifest but missing" % (path, name))
-        actual = sha256_file(file_path)
-        if actual != expected:
-            raise BundleError("bundle %r: file %s has sha256 %s, the manifest says %s"
-                              % (path, name, actual[:16] + "...", str(expected)[:16] + "..."))
-
-
-def load_manifest(path: str) -> dict:
-    """Read and verify a bundle's manifest: schema version, its own checksum and every file's sha256."""
-    manifest = read_manifest(path)
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise BundleError("bundle %r: field 'schema_version' is %r, this runtime reads %d"
@@ -97,6 +100,39 @@ def load_manifest(path: str) -> dict:
     for field in REQUIRED_FIELDS:
         if field not in manifest:
             raise BundleError("bundle %r: %s has no field %r" % (path, MANIFEST, field))
+    try:
+        check_manifest(manifest)
+    except BundleError as exc:
+        raise BundleError("bundle %r: %s" % (path, exc)) from None
+    return manifest
+
+
+def check_files(path: str, files: Dict[str, str]) -> None:
+    """Every file the manifest lists exists as a plain file and has the sha256 it says."""
+    if WEIGHTS not in files:
+        raise BundleError("bundle %r: field 'files' must list %s with its sha256" % (path, WEIGHTS))
+    for name, expected in sorted(files.items()):
+        file_path = os.path.join(path, name)
+        try:
+            actual = sha256_file(file_path)
+        except FileNotFoundError:
+            raise BundleError("bundle %r: file %s is listed in the manifest but missing" % (path, name)) from None
+        if actual != expected:
+            raise BundleError("bundle %r: file %s has sha256 %s, the manifest says %s"
+                              % (path, name, actual[:16] + "...", str(expected)[:16] + "..."))
+
+
+def load_manifest(path: str, trust: Optional[Trust] = None) -> dict:
+    """Read and verify a bundle's manifest: its signature (with ``trust``), schema, own checksum, every file's sha256."""
+    data = read_manifest_bytes(path)
+    if trust is not None:
+        check_signed(path, data, trust)
+    return verified_manifest(path, data)
+
+
+def verified_manifest(path: str, data: bytes) -> dict:
+    """The manifest parsed from ``data``, checked against its own checksum and every file's sha256."""
+    manifest = parse_manifest(path, data)
     if manifest["manifest_sha256"] != manifest_digest(manifest):
         raise BundleError("bundle %r: %s does not match its field 'manifest_sha256': it was changed after export"
                           % (path, MANIFEST))
@@ -104,40 +140,25 @@ def load_manifest(path: str) -> dict:
     return manifest
 
 
-def load_weights(path: str) -> Dict[str, np.ndarray]:
-    """The NumPy engine's named arrays. Never unpickles."""
+def load_weights(path: str, n_sensors: int) -> Dict[str, np.ndarray]:
+    """The NumPy engine's named arrays, after their names, dtypes and shapes were checked. Never unpickles."""
     try:
+        check_weights(path, n_sensors)
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    except Exception as exc:  # zipfile, OSError and ValueError all mean: not a valid .npz
+    except BundleError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:   # all mean: not a valid .npz
         raise BundleError("%s: not a readable weights file (%s)" % (path, exc)) from None
 
 
-def check_shapes(manifest: dict, arrays: Dict[str, np.ndarray]) -> None:
-    """Refuse weights that cannot belong to this manifest (another bundle's file, say)."""
-    n_sensors = len(manifest["sensors"])
+def check_forest(manifest: dict, arrays: Dict[str, np.ndarray]) -> None:
+    """The forest's feature indices address the manifest's features, and its depth matches its nodes."""
     n_features = len(feature_names(FeatureSpec.from_dict(manifest["feature_spec"]), manifest["sensors"]))
-    first, last = LSTM_LAYERS[0] + "/kernel", "output/kernel"
-    for key, axis in ((first, 0), (last, 1)):
-        if key not in arrays:
-            raise BundleError("%s has no array %r" % (WEIGHTS, key))
-        if arrays[key].ndim != 2 or arrays[key].shape[axis] != n_sensors:
-            raise BundleError("%s: %r has shape %s, but the manifest has %d sensors"
-                              % (WEIGHTS, key, arrays[key].shape, n_sensors))
-    extra = manifest.get("stage2_input") or {}
-    for key, shape in (("centre", (n_sensors,)), ("whiten", (n_sensors, n_sensors))):
-        if extra.get(key) is not None and np.shape(extra[key]) != shape:
-            raise BundleError("%s: stage2_input.%s has shape %s, but the manifest has %d sensors"
-                              % (MANIFEST, key, np.shape(extra[key]), n_sensors))
-    feature = arrays.get("iforest/feature")
-    if feature is None or feature.size == 0 or int(feature.max()) >= n_features or int(feature.min()) < 0:
+    feature = arrays["iforest/feature"]
+    if int(feature.max()) >= n_features or int(feature.min()) < 0:
         raise BundleError("%s: 'iforest/feature' does not index the manifest's %d features" % (WEIGHTS, n_features))
-    n_trees, n_internal = feature.shape if feature.ndim == 2 else (0, 0)
-    expected = {"iforest/threshold": (n_trees, n_internal), "iforest/leaf_value": (n_trees, n_internal + 1)}
-    for key, shape in expected.items():
-        if key not in arrays or arrays[key].shape != shape:
-            raise BundleError("%s: %r should have shape %s to match 'iforest/feature'" % (WEIGHTS, key, shape))
-    if "iforest/depth" not in arrays or 2 ** int(arrays["iforest/depth"]) - 1 != n_internal:
+    if 2 ** int(arrays["iforest/depth"]) - 1 != feature.shape[1]:
         raise BundleError("%s: 'iforest/depth' does not match 'iforest/feature'" % WEIGHTS)
 
 
@@ -146,14 +167,13 @@ def forest_arrays(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return {k[len("iforest/"):]: v for k, v in arrays.items() if k.startswith("iforest/")}
 
 
-def load_bundle(path: str) -> Bundle:
-    """A verified bundle: manifest and checksums first, then the weights, checked against the manifest."""
-    manifest = load_manifest(path)
-    arrays = load_weights(os.path.join(path, WEIGHTS))
-    try:
-        check_shapes(manifest, arrays)
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, BundleError):
-            raise
-        raise BundleError("bundle %r: manifest field or weights missing or malformed (%s)" % (path, exc)) from None
-    return Bundle(path, manifest, arrays)
+def load_bundle(path: str, trust: Optional[Trust] = None) -> Bundle:
+    """A verified bundle: manifest (and, with ``trust``, its signature and version) first, then the weights."""
+    data = read_manifest_bytes(path)
+    signer = check_signed(path, data, trust) if trust is not None else None
+    manifest = verified_manifest(path, data)
+    arrays = load_weights(os.path.join(path, WEIGHTS), len(manifest["sensors"]))
+    check_forest(manifest, arrays)
+    if trust is not None:
+        check_version(path, manifest, trust)
+    return Bundle(path, manifest, arrays, signer)

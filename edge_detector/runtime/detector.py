@@ -12,6 +12,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .bundle import ONNX_FILE, TFLITE_FILE, Bundle, forest_arrays, load_bundle
+from .trust import Trust
 from .engines import ENGINE_CHOICES, OnnxStage1, TFLiteStage2, numpy_stage1, numpy_stage2, stage_engines
 from .errors import MAX_ABS_VALUE, BundleError, InputError, check_choice, valid_values
 from .features import FeatureSpec, FeatureState, batch_features
@@ -109,11 +110,13 @@ class Detector:
     window = property(lambda self: self.transform.window, doc="W: steps the autoencoder sees.")
 
     @classmethod
-    def load(cls, path: str, engine: str = "numpy", mode: str = "hybrid", threads: Optional[int] = None) -> "Detector":
-        """Load a bundle directory, verifying its manifest and checksums first."""
+    def load(cls, path: str, engine: str = "numpy", mode: str = "hybrid", threads: Optional[int] = None,
+             trust: Optional[Trust] = None) -> "Detector":
+        """Load a bundle directory, verifying its manifest and checksums first (and, with ``trust``, its signature
+        and version: ``trust.load_trust(keys_file)``)."""
         check_choice("engine", engine, ENGINE_CHOICES)
         check_choice("mode", mode, MODES)
-        bundle = load_bundle(path)
+        bundle = load_bundle(path, trust)
         try:
             return cls(bundle, engine=engine, mode=mode, threads=threads)
         except KeyError as exc:

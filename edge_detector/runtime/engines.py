@@ -93,13 +93,19 @@ class OnnxStage1:
         except ImportError:
             raise BundleError("engine 'onnx' needs onnxruntime: pip install 'edge-detector[onnx]'") from None
         options = ort.SessionOptions()
+        options.log_severity_level = 3                    # errors come back as the exception below
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        with open(model_path, "rb") as fh:
+            model = fh.read()
         try:
-            self.session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+            # From bytes, so the model has no folder: a bundle's ONNX model can refer to no external data file.
+            self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise BundleError("%s: not a loadable ONNX model (%s)" % (model_path, exc)) from None
+            external = "external data" in str(exc).lower() or "model_path must not be empty" in str(exc)
+            raise BundleError("%s: %s (%s)" % (model_path, "refers to external data, which a bundle may not hold"
+                                                if external else "not a loadable ONNX model", exc)) from None
         self.input_name = self.session.get_inputs()[0].name
         self.offset = offset
 

@@ -38,9 +38,13 @@ def check_choice(what: str, value: str, choices: Sequence[str]) -> None:
 def value_problem(value: float) -> str:
     """Why a sensor value cannot be scored ('' when it can): NaN, infinite, or beyond +-MAX_ABS_VALUE.
 
-    >>> value_problem(51.2), value_problem(float("nan")), value_problem(2e30)
-    ('', 'is NaN or infinite', 'is out of range (|value| > 1e+30)')
+    ``value`` is a float or an int of any size (a JSON integer of hundreds of digits is out of range).
+
+    >>> value_problem(51.2), value_problem(float("nan")), value_problem(2e30), value_problem(10**400)
+    ('', 'is NaN or infinite', 'is out of range (|value| > 1e+30)', 'is out of range (|value| > 1e+30)')
     """
+    if isinstance(value, int) and abs(value) > MAX_ABS_VALUE:
+        return "is out of range (|value| > %g)" % MAX_ABS_VALUE      # before float(): it may not fit one
     if not math.isfinite(value):
         return "is NaN or infinite"
     if abs(value) > MAX_ABS_VALUE:

@@ -1,19 +1,26 @@
-"""Readings in: CSV and JSON Lines text -> ``Reading`` (or ``Rejected``, with its line number and reason).
+"""Readings in: CSV and JSON Lines -> ``Reading`` (or ``Rejected``, with its line number and reason).
 
-A reading's timestamp is parsed here, once, and travels with it as ``time_ns``.
+Input is read as bytes and decoded line by line, so no byte sequence can stop a stream: every
+failure of a line (its encoding, its length, its JSON nesting, a number or a timestamp out of
+range) is an ``InputError`` that becomes ``Rejected``. A reading's timestamp is parsed here, once,
+and travels with it as ``time_ns``.
 """
 import csv
 import datetime
 import decimal
-import itertools
 import json
-from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+import re
+from typing import BinaryIO, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import InputError, value_problem
 
 TIMESTAMP_NAMES = ("timestamp", "datetime", "time", "date", "ts")
+MAX_LINE_BYTES = 65536          # a longer line is rejected; only its first bytes are ever held in memory
+MAX_JSON_DEPTH = 16             # a reading is one flat object: depth 1
+# Times must fit int64 nanoseconds since 1970 (1677-09-21 to 2262-04-11), as InfluxDB's do.
+MIN_TIME_NS, MAX_TIME_NS = -(2 ** 63), 2 ** 63 - 1
 LABEL_NAMES = ("is_anomaly", "anomaly", "label")
 IGNORED_NAMES = ("anomaly_type", "changepoint")
 
@@ -95,11 +102,23 @@ def parse_header(header_line: str, sensors: Optional[Sequence[str]] = None,
     return Layout(delimiter, header, [header[i] for i in index], index, ts, label)
 
 
+def _time_in_range(ns: int, text: str) -> int:
+    if not MIN_TIME_NS <= ns <= MAX_TIME_NS:
+        raise InputError("timestamp %r is out of range (int64 nanoseconds: 1677-09-21 to 2262-04-11)" % _clip(text))
+    return ns
+
+
+def _clip(text: str, n: int = 40) -> str:
+    # long input quoted in a message: its start, and how long it was
+    return text if len(text) <= n else "%s...(%d characters)" % (text[:n], len(text))
+
+
 def timestamp_ns(text: Optional[str]) -> Optional[int]:
     """A timestamp as integer epoch nanoseconds; None if absent.
 
     A number is epoch seconds (kept exact through Decimal); anything else is ISO 8601, and a
-    naive time is taken as UTC, so a local DST change never makes time run backwards.
+    naive time is taken as UTC, so a local DST change never makes time run backwards. Either
+    must fall within int64 nanoseconds (1677 to 2262); InputError names the reason otherwise.
 
     >>> timestamp_ns("1.5"), timestamp_ns("1970-01-01T00:00:01Z"), timestamp_ns(None)
     (1500000000, 1000000000, None)
@@ -112,16 +131,19 @@ def timestamp_ns(text: Optional[str]) -> Optional[int]:
         number = None
     if number is not None:
         if not number.is_finite():
-            raise InputError("timestamp %r is not a finite number" % text)
-        return int(number.scaleb(9).to_integral_value())
+            raise InputError("timestamp %r is not a finite number" % _clip(text))
+        if abs(number) > MAX_TIME_NS // 10**9 + 1:              # before scaleb, which could overflow
+            raise InputError("timestamp %r is out of range (int64 nanoseconds: 1677-09-21 to 2262-04-11)"
+                             % _clip(text))
+        return _time_in_range(int(number.scaleb(9).to_integral_value()), text)
     try:
         ts = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise InputError("timestamp %r is neither epoch seconds nor ISO 8601" % text) from None
+        raise InputError("timestamp %r is neither epoch seconds nor ISO 8601" % _clip(text)) from None
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=datetime.timezone.utc)
     delta = ts - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-    return (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+    return _time_in_range((delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000, text)
 
 
 def _number(text: str, column: str) -> float:
@@ -133,10 +155,10 @@ def _number(text: str, column: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise InputError("column %r: %r is not a number" % (column, text)) from None
+        raise InputError("column %r: %r is not a number" % (column, _clip(text))) from None
     problem = value_problem(value)
     if problem:
-        raise InputError("column %r: %r %s" % (column, text, problem))
+        raise InputError("column %r: %r %s" % (column, _clip(text), problem))
     return value
 
 
@@ -174,10 +196,14 @@ def parse_json_line(text: str, sensors: Sequence[str], line_no: int) -> Reading:
     """
     if not text.strip():
         raise InputError("empty line")
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise InputError("JSON nested %d levels deep; a reading is one flat object (at most %d levels are read)"
+                         % (depth, MAX_JSON_DEPTH))
     try:
         obj = json.loads(text)
-    except ValueError as exc:
-        raise InputError("not valid JSON (%s)" % exc) from None
+    except (ValueError, RecursionError) as exc:
+        raise InputError("not valid JSON (%s)" % _clip(str(exc), 120)) from None
     if not isinstance(obj, dict):
         raise InputError("a JSON reading must be an object, got %s" % type(obj).__name__)
     known = set(sensors) | set(TIMESTAMP_NAMES) | set(LABEL_NAMES) | set(IGNORED_NAMES)
@@ -191,15 +217,69 @@ def parse_json_line(text: str, sensors: Sequence[str], line_no: int) -> Reading:
             values[k] = np.nan
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise InputError("column %r: %r is not a number" % (name, v))
+            raise InputError("column %r: %s is not a number" % (name, _clip(repr(v))))
         problem = value_problem(v)
         if problem:
-            raise InputError("column %r: %r %s" % (name, v, problem))
+            raise InputError("column %r: %s %s" % (name, _clip(repr(v)), problem))
         values[k] = v
     ts = next((obj[k] for k in TIMESTAMP_NAMES if k in obj), None)
     label = next((obj[k] for k in LABEL_NAMES if k in obj), None)
+    if ts is not None and not isinstance(ts, (str, int, float)) or isinstance(ts, bool):
+        raise InputError("the timestamp must be a string or a number, got %s" % type(ts).__name__)
     ts = None if ts is None else str(ts)
     return Reading(line_no, ts, timestamp_ns(ts), values, label)
+
+
+def json_depth(text: str) -> int:
+    """How deep a JSON text nests, at most 1 unless it holds more brackets than MAX_JSON_DEPTH (then exact).
+
+    Brackets inside strings do not count.
+
+    >>> json_depth('{"a": 1}'), json_depth("[" * 20 + "]" * 20), json_depth('{"a": "' + "[" * 30 + '"}')
+    (1, 20, 1)
+    """
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return min(text.count("[") + text.count("{"), 1)
+    depth = deepest = 0
+    for ch in re.sub(r'"(?:[^"\\]|\\.)*"', '""', text):
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def decode_line(line: Union[bytes, str]) -> str:
+    """One input line (bytes or text, with or without its line ending) -> text; InputError if too long or not UTF-8."""
+    if isinstance(line, str):
+        text = line.rstrip("\r\n")
+        size = len(text)
+    else:
+        raw = line.rstrip(b"\r\n")
+        size = len(raw)
+        if size <= MAX_LINE_BYTES:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError("not valid UTF-8: byte 0x%02x at position %d" % (raw[exc.start], exc.start)) from None
+    if size > MAX_LINE_BYTES:
+        raise InputError("line is longer than %d bytes" % MAX_LINE_BYTES)
+    return text
+
+
+def byte_lines(stream: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes]:
+    """The lines of a binary stream, split at b"\\n" only. A line longer than ``limit`` comes back cut to
+    limit + 1 bytes (so that ``decode_line`` rejects it) and the rest of it is read and dropped."""
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith(b"\n"):
+            rest = line
+            while rest and not rest.endswith(b"\n"):
+                rest = stream.readline(limit + 1)
+        yield line
 
 
 def _parsed(parse, text: str, line_no: int, *args) -> Item:
@@ -211,34 +291,61 @@ def _parsed(parse, text: str, line_no: int, *args) -> Item:
 
 def open_csv(lines: Iterable[str], sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,
              timestamp_col: Optional[str] = None, header_line: int = 1) -> Tuple[Layout, Iterator[Item]]:
-    """Read the header of a CSV stream; return its layout and a lazy iterator of Reading or Rejected.
+    """Read the header of a CSV file's lines; return its layout and a lazy iterator of Reading or Rejected.
 
-    A bad line never stops the stream. ``header_line`` is the header's line number in the input.
+    A bad data line never stops the iterator; a bad header raises InputError (a file to train on).
+    ``header_line`` is the header's line number in the input.
     """
     it = iter(lines)
     header = next(it, None)
     if header is None:
         raise InputError("input is empty: no header line")
-    layout = parse_header(header, sensors, label_col, timestamp_col)
-    rows = (_parsed(parse_csv_line, text, n, layout) for n, text in enumerate(it, start=header_line + 1))
-    return layout, rows
+    layout = parse_header(decode_line(header), sensors, label_col, timestamp_col)
+    return layout, _csv_items(it, layout, header_line + 1)
 
 
-def read_lines(lines: Iterable[str], sensors: Sequence[str]) -> Iterator[Item]:
-    """CSV (with a header) or JSON Lines, told apart by the first non-empty line: Reading or Rejected per line."""
+def _csv_items(lines: Iterable[Union[bytes, str]], layout: Layout, first: int) -> Iterator[Item]:
+    for n, line in enumerate(lines, start=first):
+        try:
+            yield parse_csv_line(decode_line(line), layout, n)
+        except InputError as exc:
+            yield Rejected(n, str(exc))
+
+
+def _json_items(lines: Iterable[Union[bytes, str]], sensors: Sequence[str], first: int) -> Iterator[Item]:
+    for n, line in enumerate(lines, start=first):
+        try:
+            yield parse_json_line(decode_line(line), sensors, n)
+        except InputError as exc:
+            yield Rejected(n, str(exc))
+
+
+def read_lines(lines: Iterable[Union[bytes, str]], sensors: Sequence[str]) -> Iterator[Item]:
+    """CSV (with a header) or JSON Lines -> Reading or Rejected, one per line but the header.
+
+    The first line that is a JSON object sets JSON Lines; the first that is a CSV header naming
+    every sensor sets CSV. Lines before it (empty, unreadable, or a header without the sensors,
+    say the tail of a file cut mid-line) are each rejected with the reason, and the search goes on,
+    so no line can stop the stream. Lines may be bytes (decoded here) or text.
+    """
     it = iter(lines)
-    line_no = 0
-    first = None
-    for first in it:
-        line_no += 1
-        if first.strip():
-            break
-        yield Rejected(line_no, "empty line")
-    else:
-        return
-    if first.lstrip().startswith("{"):
-        for n, text in enumerate(itertools.chain([first], it), start=line_no):
+    for n, line in enumerate(it, start=1):
+        try:
+            text = decode_line(line).lstrip("\ufeff")
+        except InputError as exc:
+            yield Rejected(n, str(exc))
+            continue
+        if not text.strip():
+            yield Rejected(n, "empty line")
+        elif text.lstrip().startswith("{"):
             yield _parsed(parse_json_line, text, n, sensors)
-        return
-    _, rows = open_csv(itertools.chain([first], it), sensors, header_line=line_no)
-    yield from rows
+            yield from _json_items(it, sensors, n + 1)
+            return
+        else:
+            try:
+                layout = parse_header(text, sensors)
+            except InputError as exc:
+                yield Rejected(n, "not a CSV header naming the sensors, nor a JSON reading (%s)" % exc)
+                continue
+            yield from _csv_items(it, layout, n + 1)
+            return

@@ -1,13 +1,12 @@
 """The stream: every input line scored or rejected, with policies for missing values, time and gaps.
 
-    lines -> read_lines -> Reading | Rejected -> StreamScorer.feed -> writer (events) / err (rejections, notices)
+    bytes -> byte_lines -> read_lines -> Reading | Rejected -> StreamScorer.feed -> writer (events)
+                                                                                 -> err (rejections, notices)
 
-read = scored + rejected, always. SIGTERM and SIGINT (``stop_signals``) finish the current line,
-flush, and end the stream with its counts.
+read = scored + rejected, always. Time follows ``clock.Clock``'s rule. SIGTERM and SIGINT
+(``stop_signals``) finish the current line, flush, and end the stream with its counts.
 """
-import collections
 import contextlib
-import io
 import json
 import signal
 import sys
@@ -15,19 +14,21 @@ from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optiona
 
 import numpy as np
 
+from .clock import DEFAULT_GAP_FACTOR, DEFAULT_MAX_JUMP_S, Clock
 from .detector import Detector
 from .errors import InputError, check_choice
 from .events import event_writer, line_sender
-from .readings import Item, Reading, Rejected, read_lines
+from .readings import Item, Reading, Rejected, byte_lines, read_lines
+from .trust import Trust
 
 MISSING_POLICIES = ("reject", "hold-last", "interpolate")
-DEFAULT_GAP_FACTOR = 10.0
 
 
 class StreamPolicy(NamedTuple):
     missing: str = "reject"                   # reject | hold-last | interpolate (empty fields / absent JSON keys)
     gap_factor: float = DEFAULT_GAP_FACTOR    # a gap over this many median intervals resets the state; 0 = never
     max_pending: int = 100                    # interpolate: readings held back waiting for the next value
+    max_jump: float = DEFAULT_MAX_JUMP_S      # seconds a reading's time may jump ahead of the last one; 0 = any
 
 
 class _Shutdown(Exception):
@@ -61,8 +62,7 @@ class StreamScorer:
         self.detector, self.writer, self.err = detector, writer, err
         self.alarms_only, self.policy = alarms_only, policy
         self.stats = {"read": 0, "scored": 0, "rejected": 0, "alarms": 0, "filled": 0, "resets": 0}
-        self._last_ns: Optional[int] = None        # the last accepted reading's time
-        self._intervals: collections.deque = collections.deque(maxlen=50)   # recent steps, ns
+        self.clock = Clock(policy.gap_factor, policy.max_jump)
         self._last_values: Optional[np.ndarray] = None
         self._pending: List[Reading] = []          # interpolate: readings waiting for a later value
         self._waiting = False                      # blocked on input (a signal may stop at once)
@@ -84,31 +84,12 @@ class StreamScorer:
         if score.is_anomaly or not self.alarms_only:
             self.writer.write(reading, score)
 
-    def _reset(self, reading: Reading, step: int, median: float) -> None:
+    def _reset(self, reading: Reading, notice: str) -> None:
         self.flush_pending()
         self.detector.reset()
         self._last_values = None
         self.stats["resets"] += 1
-        self._note({"line": reading.line, "notice": "gap of %gs is over %g x the median interval (%gs): window "
-                    "state reset" % (step / 1e9, self.policy.gap_factor, median / 1e9)})
-
-    def _check_time(self, reading: Reading) -> None:
-        t = reading.time_ns
-        if t is None:
-            return
-        if self._last_ns is not None:
-            step = t - self._last_ns
-            if step <= 0:
-                raise InputError("timestamp %s %s the previous reading's" % (
-                    reading.timestamp, "repeats" if step == 0 else "goes back before"))
-            factor = self.policy.gap_factor
-            # the median only when the step could exceed it: the minimum is a free lower bound
-            if factor and len(self._intervals) >= 5 and step > factor * min(self._intervals):
-                median = float(np.median(self._intervals))
-                if step > factor * median:
-                    self._reset(reading, step, median)
-            self._intervals.append(step)
-        self._last_ns = t
+        self._note({"line": reading.line, "notice": notice})
 
     def feed(self, item: Item) -> None:
         """Score or reject one item of the stream."""
@@ -117,10 +98,12 @@ class StreamScorer:
             self.reject(item.line, item.reason)
             return
         try:
-            self._check_time(item)
+            tick = self.clock.check(item.time_ns, item.timestamp)
         except InputError as exc:
             self.reject(item.line, str(exc))
             return
+        if tick.reset:
+            self._reset(item, tick.notice)
         missing = np.isnan(item.values)
         if not missing.any():
             if self._pending:
@@ -176,6 +159,9 @@ class StreamScorer:
         except _Shutdown:
             pass
         self.flush_pending()
+        if not self.stats["scored"]:
+            self._note({"notice": "no reading was scored: " + ("every line was rejected (see above)"
+                                                               if self.stats["read"] else "the input held no readings")})
         return self.stats
 
     def handle_signal(self, signum, frame) -> None:
@@ -185,11 +171,12 @@ class StreamScorer:
             raise _Shutdown()
 
 
-def run_stream(detector: Detector, lines: Iterable[str], out, err, alarms_only: bool = False,
+def run_stream(detector: Detector, lines: Iterable, out, err, alarms_only: bool = False,
                policy: StreamPolicy = StreamPolicy(), stop_on_signals: bool = False,
                output_format: str = "jsonl") -> Dict[str, int]:
     """Score a CSV or JSON Lines stream; events to ``out``, rejected lines to ``err``; returns the counts.
 
+    ``lines`` are bytes (as ``byte_lines`` reads them) or text.
     ``output_format`` is ``jsonl`` (one JSON event per line) or ``influx`` (line protocol).
     With ``stop_on_signals``, SIGTERM and SIGINT end the stream cleanly: the current line is
     finished and flushed, and the counts come back as usual.
@@ -204,31 +191,35 @@ def run_stream(detector: Detector, lines: Iterable[str], out, err, alarms_only: 
 
 
 @contextlib.contextmanager
-def _open_text(path: str, mode: str):
-    # "-" is stdin or stdout; newline="" keeps each line's own ending, so CRLF and LF read alike
-    if path == "-" and mode == "w":
-        yield sys.stdout
-    elif path == "-":
-        wrapper = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
-        try:
-            yield wrapper
-        finally:
-            wrapper.detach()                 # stdin stays open for whoever reads it next
+def _open_input(path: str):
+    # "-" is stdin; read as bytes and decoded line by line, so no byte can stop the stream
+    if path == "-":
+        yield byte_lines(sys.stdin.buffer)
     else:
-        with open(path, mode, encoding="utf-8", newline="" if mode == "r" else None) as fh:
+        with open(path, "rb") as fh:
+            yield byte_lines(fh)
+
+
+@contextlib.contextmanager
+def _open_output(path: str):
+    if path == "-":
+        yield sys.stdout
+    else:
+        with open(path, "w", encoding="utf-8") as fh:
             yield fh
 
 
 def detect(bundle: str, source: str = "-", out: str = "-", err=None, engine: str = "numpy", mode: str = "hybrid",
            alarms_only: bool = False, policy: StreamPolicy = StreamPolicy(),
-           output_format: str = "jsonl") -> Dict[str, int]:
+           output_format: str = "jsonl", trust: Optional[Trust] = None) -> Dict[str, int]:
     """Load ``bundle`` and score the readings in ``source`` (a path, or "-" for stdin); returns the counts.
 
     Events go to ``out`` (a path, or "-" for stdout), rejected lines and notices to ``err``
-    (default: stderr). SIGTERM and SIGINT end it cleanly. Raises BundleError for a bundle that
-    does not verify, InputError for input it cannot read at all, OSError for a path it cannot open.
+    (default: stderr). SIGTERM and SIGINT end it cleanly. With ``trust`` the bundle must be signed
+    by a trusted key and not older than the last one accepted. Raises BundleError for a bundle
+    that does not verify, OSError for a path it cannot open; no input line can raise.
     """
-    detector = Detector.load(bundle, engine=engine, mode=mode)
+    detector = Detector.load(bundle, engine=engine, mode=mode, trust=trust)
     err = err if err is not None else sys.stderr
-    with _open_text(source, "r") as src, _open_text(out, "w") as dst:
+    with _open_input(source) as src, _open_output(out) as dst:
         return run_stream(detector, src, dst, err, alarms_only, policy, True, output_format)
