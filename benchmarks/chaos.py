@@ -26,6 +26,8 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from edge_detector.export.files import write_json
+
 HOSTILE = {
     "invalid UTF-8": lambda t: b"%d,51.0,\xff\xfe,60,45" % t,
     "JSON nested 1,000 deep": lambda t: b'{"sensor_1": ' + b"[" * 1000 + b"]" * 1000 + b"}",
@@ -143,8 +145,7 @@ def main(argv=None) -> int:
               "rss": rss, "checks": checks, "ok": ok}
     print(json.dumps(report, indent=2))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
+        write_json(args.json, report)
     return 0 if ok else 1
 
 

@@ -61,6 +61,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from edge_detector.export.files import write_json
+
 TRAIN_ROWS = 400
 T2_WINDOW = 10
 T2_QUANTILE = 0.99
@@ -87,8 +89,8 @@ PRESET = "rig"
 # after a fault, which a normal-only recording cannot show.
 CALIBRATION_FAR = 0.10
 # Used only when --data holds no normal-only CSV (for example a folder of other SKAB files):
-# what calibrate_margins measured on ../shared/data/skab on 2026-11-23 (benchmarks/README.md).
-DEFAULT_MARGINS = {"tau2_margin": 5.614, "t2_margin": 7.199}
+# what calibrate_margins measured on ../shared/data/skab on 2026-11-24 (benchmarks/README.md).
+DEFAULT_MARGINS = {"tau2_margin": 1.55, "t2_margin": 7.199}
 FIT_ROWS = 300          # rows 0..299 fit the models; rows 300..399 calibrate thresholds and early stopping
 
 
@@ -161,8 +163,8 @@ def calibrate_margins(sets: list, workdir: str, engine: str, seed: int, override
     # hybrid: a row alarms only where stage 2 ran, so rows stage 1 let pass count as 0
     hybrid = [np.where(r["hybrid"]["stage2"], r["hybrid"]["score"], 0.0) for r in results]
     t2 = [r["t2_rolling10"]["score"] * T2_MULTIPLIER for r in results]
-    per_piece = {name: {"tau2_margin": round(float(np.quantile(h, q)), 3), "t2_margin": round(float(np.quantile(t, q)), 3)}
-                 for (name, _), h, t in zip(sets, hybrid, t2)}
+    per_piece = {name: {"tau2_margin": round(piece_margin(r["hybrid"], q), 3), "t2_margin": round(float(np.quantile(t, q)), 3)}
+                 for (name, _), r, t in zip(sets, results, t2)}
     report = {"far_target": CALIBRATION_FAR, "rule": "median over pieces of each piece's %.2f quantile" % q,
               "rows": int(sum(h.size for h in hybrid)),
               "tau2_margin": round(max(1.0, float(np.median([p["tau2_margin"] for p in per_piece.values()]))), 3),
@@ -176,6 +178,28 @@ def calibrate_margins(sets: list, workdir: str, engine: str, seed: int, override
         progress("calibration on %d normal-only pieces (%d test rows): tau2 margin %.3f, T2 margin %.3f (%.0fs)"
                  % (len(sets), report["rows"], report["tau2_margin"], report["t2_margin"], report["seconds"]))
     return report
+
+
+def piece_margin(part: dict, q: float) -> float:
+    """The margin that lets a share 1 - q of a normal piece's test rows alarm (scores in units of tau2).
+
+    Static threshold: the q-quantile of the scores. Adaptive: the smallest margin, in steps of
+    0.05, at which the device's own adaptive rule (runtime.threshold, run here over the piece)
+    alarms on no more than that share.
+    """
+    scores = np.where(part["stage2"], part["score"], 0.0)
+    spec = part.get("threshold")
+    if spec is None or spec.kind == "static":
+        return float(np.quantile(scores, q))
+    from edge_detector.runtime.threshold import Threshold
+    ran = part["stage2"]
+    for margin in np.arange(1.0, 50.0, 0.05):
+        # scores are s2 / tau2, so tau2 is 1 here and the starting history is in the same units
+        threshold = Threshold(spec._replace(margin=float(margin), initial=tuple(part["initial_units"])), 1.0)
+        alarms = sum(threshold.exceeded(float(v)) for v, r in zip(part["score"], ran) if r)
+        if alarms <= (1.0 - q) * len(scores):
+            return float(margin)
+    return 50.0
 
 
 def _map(fn, arglist: list, jobs: int) -> list:
@@ -264,7 +288,8 @@ def score_dataset(data, name: str, workdir: str, modes: Sequence[str], engine: s
             scores = detector.score(data.values)
         scores = scores.rows(slice(TRAIN_ROWS, None))
         out[mode] = {"alarm": scores.is_anomaly, "score": continuous_scores(detector, scores),
-                     "stage2": scores.stage2_ran}
+                     "stage2": scores.stage2_ran, "threshold": detector.threshold_spec,
+                     "initial_units": [v / detector.tau2 for v in detector.threshold_spec.initial]}
     ref = t2_reference(data.values)
     out["t2_rolling10"] = {"alarm": ref["alarm"][TRAIN_ROWS:], "score": ref["score"][TRAIN_ROWS:],
                            "stage2": np.zeros(n - TRAIN_ROWS, dtype=bool)}
@@ -416,8 +441,7 @@ def main(argv=None) -> int:
     if args.scores:
         np.savez_compressed(args.scores, **scores)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
+        write_json(args.json, report)
     return 0
 
 

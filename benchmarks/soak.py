@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from edge_detector.export.files import write_json
+
 from edge_detector.runtime import Detector
 
 
@@ -86,8 +88,7 @@ def main(argv=None) -> int:
     }
     print(json.dumps(report, indent=2))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
+        write_json(args.json, report)
     return 0 if same else 1
 
 

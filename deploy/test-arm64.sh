@@ -8,6 +8,10 @@
 #                                                unpack a gateway archive (edge-detector package)
 #                                                and score CSV (default or -: stdin) under emulation:
 #                                                `python3 -m runtime bundle/ ARGS < CSV`, events on stdout
+#   deploy/test-arm64.sh bench ARCHIVE CSV [ARGS...]
+#                                                the device bench of the archive's runtime under emulation:
+#                                                `python3 -m runtime bench bundle/ CSV ARGS` (its times are
+#                                                emulated, not real, and its report says so)
 #   deploy/test-arm64.sh check BUNDLE CSV        package BUNDLE, score CSV under emulation and with
 #                                                `edge-detector detect` here, and compare them
 #   deploy/test-arm64.sh mirror [SOURCES...]     print the Debian mirror found in the apt sources
@@ -34,7 +38,7 @@ die() {
 }
 
 usage() {
-    sed -n '6,14p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '6,18p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -164,9 +168,17 @@ ensure_root() {
     ) 9>"$CACHE.lock"
 }
 
-score() {  # ARCHIVE [CSV [RUNTIME ARGS...]]
-    local archive=$1 csv=${2:--} work top start end status=0
-    shift $(($# < 2 ? $# : 2))
+score() {  # ARCHIVE [CSV [RUNTIME ARGS...]]: events on stdout
+    in_archive score "$@"
+}
+
+bench() {  # ARCHIVE CSV [BENCH ARGS...]: the device bench's tables on stdout
+    in_archive bench "$@"
+}
+
+in_archive() {  # score|bench ARCHIVE [CSV [ARGS...]]
+    local what=$1 archive=$2 csv=${3:--} work top start end status=0
+    shift $(($# < 3 ? $# : 3))
     [ -f "$archive" ] || die "$archive: no such archive"
     command -v qemu-aarch64-static >/dev/null 2>&1 || die "qemu-aarch64-static not found (apt-get install qemu-user-static)"
     ensure_root
@@ -183,9 +195,13 @@ score() {  # ARCHIVE [CSV [RUNTIME ARGS...]]
     fi
     echo "arm64: $(cd "$top" && emulate "$CACHE" -c 'import platform, sys, numpy; print("machine", platform.machine(), "python", sys.version.split()[0], "numpy", numpy.__version__)')" >&2
     start=$(date +%s.%N)
-    (cd "$top" && emulate "$CACHE" -m runtime bundle/ "$@" <readings.csv) || status=$?
+    if [ "$what" = bench ]; then
+        (cd "$top" && emulate "$CACHE" -m runtime bench bundle/ readings.csv "$@" </dev/null) || status=$?
+    else
+        (cd "$top" && emulate "$CACHE" -m runtime bundle/ "$@" <readings.csv) || status=$?
+    fi
     end=$(date +%s.%N)
-    echo "arm64: emulated scoring took $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }') s" >&2
+    echo "arm64: emulated $what took $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }') s" >&2
     rm -rf "$work"
     trap - EXIT
     return "$status"
@@ -228,6 +244,7 @@ EOF
 case "${1:-}" in
     root) [ $# -eq 1 ] || usage; ensure_root; echo "$CACHE" ;;
     score) if [ $# -lt 2 ]; then usage; fi; shift; score "$@" ;;
+    bench) if [ $# -lt 3 ]; then usage; fi; shift; bench "$@" ;;
     check) [ $# -eq 3 ] || usage; check "$2" "$3" ;;
     mirror) shift; apt_mirror "$@" || die "no Debian mirror in the apt sources" ;;
     *) usage ;;

@@ -4,7 +4,9 @@ Needs paho-mqtt >= 2 (``pip install 'edge-detector[mqtt]'``), imported only when
 starts, so the rest of the package (and the device runtime) never needs it.
 
 Each message on the input topic is one JSON reading keyed by sensor name, exactly the JSON
-Lines input of ``detect`` (``{"timestamp": "...", "sensor_1": 51.2, ...}``). The messages go
+Lines input of ``detect`` (``{"timestamp": "...", "sensor_1": 51.2, ...}``). A wildcard input topic
+(``plant/+/readings``) watches several machines of one model: each topic keeps its own state
+(``StreamRouter``) and its events carry the topic as "stream". The messages go
 through the same ``StreamScorer`` as ``detect``: timestamps that repeat or go back are
 rejected, missing values follow the policy, long gaps reset the window, and an event's
 ``line`` is the message's sequence number (1, 2, ...). Events (alarms only by default) are
@@ -47,7 +49,7 @@ from typing import Dict, NamedTuple, Optional
 from edge_detector.runtime import Detector, InputError, Rejected, StreamPolicy, StreamScorer
 from edge_detector.runtime.events import event_writer
 from edge_detector.runtime.readings import MAX_LINE_BYTES, parse_json_line
-from edge_detector.runtime.stream import stop_signals
+from edge_detector.runtime.stream import StreamRouter, stop_signals
 
 MAX_QUEUE = 10000
 
@@ -70,11 +72,13 @@ class Tls(NamedTuple):
 
 
 class Received(NamedTuple):
-    """A message as the scorer gets it: its payload (None when it was too large to keep) and how to ack it."""
+    """A message as the scorer gets it: its topic, its payload (None when it was too large to keep) and how to
+    ack it."""
     mid: int
     qos: int
     payload: Optional[bytes]
     size: int
+    topic: str = ""
 
 
 class Publisher:
@@ -98,15 +102,22 @@ class Publisher:
                 pass
 
 
-def parse_message(message: Received, sensors, n: int, max_payload: int = MAX_LINE_BYTES):
-    """One received message -> Reading, or Rejected with message number ``n`` and the reason."""
+def is_wildcard(topic: str) -> bool:
+    """True for a topic filter with + or # levels (plant/+/readings): one stream per matching topic."""
+    return any(level in ("+", "#") for level in topic.split("/"))
+
+
+def parse_message(message: Received, sensors, n: int, max_payload: int = MAX_LINE_BYTES, keyed: bool = False):
+    """One received message -> Reading (its stream the message's topic when ``keyed``), or Rejected with
+    message number ``n`` and the reason."""
     payload = message.payload
     if payload is None:
         return Rejected(n, "message of %d bytes is over the %d-byte limit" % (message.size, max_payload))
     try:
         # one message is one reading, whatever its line breaks
         text = payload.decode("utf-8").replace("\r", " ").replace("\n", " ")
-        return parse_json_line(text, sensors, n)
+        reading = parse_json_line(text, sensors, n)
+        return reading._replace(stream=message.topic) if keyed else reading
     except UnicodeDecodeError as exc:
         return Rejected(n, "not valid UTF-8: byte 0x%02x at position %d" % (payload[exc.start], exc.start))
     except InputError as exc:
@@ -135,7 +146,8 @@ class Inbox:
     def put(self, message) -> None:
         """Called on the network thread: keep the message (its payload only when small enough) or drop it."""
         size = len(message.payload)
-        item = Received(message.mid, message.qos, message.payload if size <= self.max_payload else None, size)
+        item = Received(message.mid, message.qos, message.payload if size <= self.max_payload else None, size,
+                        getattr(message, "topic", ""))
         try:
             self.queue.put_nowait(item)
             self.dropping = self.dropping and self.queue.qsize() > self.queue.maxsize // 2
@@ -206,9 +218,10 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
     client.connect_async(host, port, keepalive)
     client.loop_start()
     publisher = Publisher(client, out_topic, qos)
-    scorer = StreamScorer(detector, event_writer(output_format, publisher, detector.sensors), note.err, alarms_only,
-                          policy)
-    handle = message_handler(scorer, client, note, persistent_session, inbox.max_payload)
+    keyed = is_wildcard(in_topic)
+    scorer = (StreamRouter if keyed else StreamScorer)(
+        detector, event_writer(output_format, publisher, detector.sensors), note.err, alarms_only, policy)
+    handle = message_handler(scorer, client, note, persistent_session, inbox.max_payload, keyed)
     signals = stop_signals(lambda signum, frame: stop.set()) if stop_on_signals else contextlib.nullcontext()
     try:
         with signals:
@@ -221,10 +234,11 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
         publisher.wait()
         client.disconnect()
         client.loop_stop()
-    return dict(scorer.stats, published=publisher.published, dropped=inbox.dropped)
+    return dict(scorer.counts(), published=publisher.published, dropped=inbox.dropped)
 
 
-def message_handler(scorer: StreamScorer, client, note: Notes, persistent_session: bool, max_payload: int):
+def message_handler(scorer: StreamScorer, client, note: Notes, persistent_session: bool, max_payload: int,
+                    keyed: bool = False):
     """handle(received): score or reject one message, whatever it holds, then acknowledge it (persistent session)."""
     count = [0]
 
@@ -232,10 +246,10 @@ def message_handler(scorer: StreamScorer, client, note: Notes, persistent_sessio
         count[0] += 1
         n = count[0]
         try:
-            scorer.feed(parse_message(message, scorer.detector.sensors, n, max_payload))
+            scorer.feed(parse_message(message, scorer.detector.sensors, n, max_payload, keyed))
         except Exception as exc:  # a bug: its traceback goes to stderr, and the message does not stop the bridge
             note({"line": n, "notice": "internal error while scoring this message", "traceback": traceback.format_exc()})
-            stats = scorer.stats
+            stats = scorer.counts()
             if stats["read"] > stats["scored"] + stats["rejected"]:
                 scorer.reject(n, "internal error: %s: %s" % (type(exc).__name__, exc))
         if persistent_session:

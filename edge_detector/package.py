@@ -35,6 +35,7 @@ RUN_SH = r"""#!/bin/sh
 #   ./run.sh < readings.csv > events.jsonl
 #   ./run.sh readings.csv --alarms-only
 #   ./run.sh --format influx < readings.csv        # InfluxDB line protocol (Telegraf inputs.execd)
+#   ./run.sh bench readings.csv --json device.json # the device bench (latency, RSS, streams)
 # PYTHON selects the interpreter (default: python3). Every argument goes to the runtime
 # (python3 -m runtime bundle/ ARGS).
 set -eu
@@ -52,6 +53,10 @@ PYTHONUNBUFFERED=1
 export PYTHONUNBUFFERED
 PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONPATH
+if [ "${1:-}" = bench ]; then
+    shift
+    exec "$python" -m runtime bench "$here/bundle" "$@"       # ./run.sh bench readings.csv: the device bench
+fi
 exec "$python" -m runtime "$here/bundle" "$@"
 """
 
@@ -77,6 +82,7 @@ sha256sum -c SHA256SUMS
 ./run.sh --format influx < readings.csv            # InfluxDB line protocol, for Telegraf inputs.execd
 python3 -m runtime bundle/ < readings.csv         # the same without the wrapper (from this folder)
 python3 -m runtime --help                          # every option
+./run.sh bench readings.csv --json device.json     # latency, cold start, RSS and the multi-stream curve here
 ```
 
 Input is CSV with a header naming the sensors ({sensors}; a timestamp column is

@@ -3,12 +3,14 @@
 Nothing is written unless every engine matches the originals over at least 1,000
 consecutive windows (stage 2) and every calibration reading (stage 1):
 
-- TFLite vs Keras and NumPy vs Keras: relative stage-2 score error <= 1e-4
+- TFLite vs Keras and NumPy vs Keras: relative stage-2 score error <= 1e-4 (relative to the score,
+  or to 1% of tau2 for scores below that, which no decision is near: ``metrics.rel_error``)
 - ONNX vs scikit-learn and NumPy vs scikit-learn: absolute stage-1 score error <= 1e-5
 """
 import json
 import os
 import time
+import warnings
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -19,7 +21,7 @@ from edge_detector.export.files import atomic_folder
 from edge_detector.export.metrics import rel_error
 from edge_detector.export.progress import Progress, log
 from edge_detector.export.signing import sign
-from edge_detector.export.tf_setup import import_tf
+from edge_detector.export.tf_setup import import_tf, quiet_native_log
 from edge_detector.export.train import (TrainConfig, TrainedModels, build_autoencoder, read_model_meta,
                                         transform_fields)
 from edge_detector.runtime import (MANIFEST, ONNX_FILE, SCHEMA_VERSION, TFLITE_FILE, WEIGHTS, Detector, InputError,
@@ -34,6 +36,7 @@ from edge_detector.runtime.windows import stage2_scores
 
 ONNX_TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 STAGE2_RTOL = 1e-4
+PARITY_FLOOR = 0.01                 # x tau2: below it a stage-2 score is compared absolutely
 STAGE1_ATOL = 1e-5
 PARITY_WINDOWS = 1000
 
@@ -106,14 +109,25 @@ def keras_weights(model) -> Dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
 
-def convert_tflite(models: TrainedModels, path: str) -> list:
-    """Keras AE -> float32 TFLite with a fixed batch of 1 (fused UNIDIRECTIONAL_SEQUENCE_LSTM); returns its ops."""
+def convert_tflite(models: TrainedModels, path: str, quantize: str = "none",
+                   representative: Optional[np.ndarray] = None) -> list:
+    """Keras AE -> TFLite with a fixed batch of 1 (fused UNIDIRECTIONAL_SEQUENCE_LSTM); returns its ops.
+
+    ``quantize`` "none" is float32; float16, dynamic and int8 are ``variants``' (int8 calibrates on the
+    prepared normal windows ``representative`` [n, W, sensors]).
+    """
     tf, tf_keras, _ = import_tf()
     config = TrainConfig.from_dict(models.meta["config"])
     single = build_autoencoder(tf_keras, models.meta["window"], len(models.meta["sensors"]), config, batch_size=1)
     single.set_weights(models.keras.get_weights())
     converter = tf.lite.TFLiteConverter.from_keras_model(single)
-    blob = converter.convert()
+    if quantize != "none":
+        from edge_detector.export.variants import converter_options  # noqa: PLC0415 (variants imports this module)
+        converter_options(tf, converter, quantize, representative)
+    with warnings.catch_warnings():
+        # int8 keeps float input and output on purpose: the converter's note about their statistics is noise
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        blob = converter.convert()
     with open(path, "wb") as fh:
         fh.write(blob)
     interpreter = tflite_interpreter_class()(model_path=path)
@@ -149,7 +163,7 @@ def check_stage2_parity(models: TrainedModels, values: np.ndarray, engines: dict
     report = {"stage2_windows": int(count)}
     for name, engine in engines.items():
         got = np.concatenate([stage2_scores(x[i:i + 1], engine, models.transform)[0] for i in range(count)])
-        err = rel_error(got, reference)
+        err = rel_error(got, reference, floor=PARITY_FLOOR * models.meta["thresholds"]["tau2"])
         report["stage2_%s_max_rel_error" % name] = float(err.max())
         log(progress, "parity stage 2 %-6s vs Keras : max rel error %.2e over %d consecutive windows"
             % (name, err.max(), count))
@@ -208,6 +222,7 @@ def build_manifest(models: TrainedModels, ops: list, parity: dict, files: Dict[s
         "scale": meta["scale"],
         "stage2_input": transform_fields(models.transform),
         "thresholds": {k: meta["thresholds"][k] for k in ("tau1", "tau2", "iforest")},
+        "threshold": meta.get("threshold", {"kind": "static"}),
         "iforest_offset": meta["iforest_offset"],
         "training_data": {k: meta["training_data"][k] for k in ("sha256", "rows", "train_rows")},
         "tflite": {"ops": ops, "input_shape": [1, meta["window"], len(meta["sensors"])]},
@@ -233,20 +248,26 @@ def write_manifest(folder: str, manifest: dict, sign_key: Optional[str]) -> None
 
 
 def export_bundle(model_dir: str, data: Dataset, out_dir: str, progress: Progress = print,
-                  sign_key: Optional[str] = None, version: Optional[int] = None) -> dict:
+                  sign_key: Optional[str] = None, version: Optional[int] = None, verbose: bool = False,
+                  quantize: Sequence[str] = ("none",)) -> dict:
     """Convert a model folder into a bundle at ``out_dir``; returns the manifest.
 
     ``data`` is the training CSV's dataset: parity runs on its readings. ``sign_key`` (an OpenSSH
     Ed25519 private key file) signs the manifest; ``version`` is the bundle's version, which a
     gateway with pinned keys never lets go down (default: the export time in epoch seconds, so
     each export is newer than the last). The bundle is written into a temporary folder and renamed
-    into place only after every check passed.
+    into place only after every check passed; an existing bundle at ``out_dir`` is replaced, and
+    that is said. ``verbose`` shows TensorFlow's own log (the converter's), which is quiet otherwise.
+    ``quantize`` adds quantized stage-2 variants (float16, dynamic, int8: ``variants``), each with
+    its own threshold and its own parity gate on decisions.
     """
     models = TrainedModels(model_dir)
     if list(data.sensors) != list(models.meta["sensors"]):
         raise InputError("data sensors %s do not match the model's %s" % (data.sensors, models.meta["sensors"]))
     version = int(time.time()) if version is None else int(version)
-    with atomic_folder(out_dir, prefix=".bundle-") as tmp:
+    t0 = time.time()
+    replacing = os.path.exists(os.path.join(out_dir, MANIFEST))
+    with quiet_native_log(verbose), atomic_folder(out_dir, prefix=".bundle-") as tmp:
         arrays = bundle_arrays(models)
         np.savez(os.path.join(tmp, WEIGHTS), **arrays)
         ops = convert_tflite(models, os.path.join(tmp, TFLITE_FILE))
@@ -254,16 +275,33 @@ def export_bundle(model_dir: str, data: Dataset, out_dir: str, progress: Progres
         parity = check_parity(models, data, tmp, arrays, progress)
         files = {name: sha256_file(os.path.join(tmp, name)) for name in (WEIGHTS, TFLITE_FILE, ONNX_FILE)}
         manifest = build_manifest(models, ops, parity, files, version)
+        if any(q != "none" for q in quantize):
+            manifest = with_variants(manifest, models, data, tmp, quantize, arrays, progress)
         write_manifest(tmp, manifest, sign_key)
         Detector.load(tmp)                              # the bundle must load before it lands
-    log(progress, "bundle written to %s%s" % (out_dir, " (signed)" if sign_key else ""))
+    log(progress, "export: every engine passed parity; version %d%s%s, %.0fs" % (
+        version, ", signed" if sign_key else "", ", replacing the bundle that was there" if replacing else "",
+        time.time() - t0))
+    return manifest
+
+
+def with_variants(manifest: dict, models: TrainedModels, data: Dataset, folder: str, quantize: Sequence[str],
+                  arrays: Dict[str, np.ndarray], progress: Progress) -> dict:
+    """The manifest with its "variants" (converted, calibrated, gated; the refused ones with their reason)."""
+    from edge_detector.export.variants import make_variants  # noqa: PLC0415 (variants imports this module)
+    variants = make_variants(models, data, folder, manifest, quantize, convert_tflite, arrays, sha256_file, progress)
+    files = dict(manifest["files"], **{v["file"]: sha256_file(os.path.join(folder, v["file"]))
+                                       for v in variants.values() if "file" in v})
+    manifest = dict(manifest, files=files, variants=variants)
+    manifest.pop("manifest_sha256", None)
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     return manifest
 
 
 def export_model(model_dir: str, out_dir: str, data_path: Optional[str] = None,
                  sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,
                  timestamp_col: Optional[str] = None, progress: Progress = print, sign_key: Optional[str] = None,
-                 version: Optional[int] = None) -> dict:
+                 version: Optional[int] = None, verbose: bool = False, quantize: Sequence[str] = ("none",)) -> dict:
     """``export_bundle`` with the training data read from ``data_path``, by default the CSV recorded at training."""
     meta = read_model_meta(model_dir)
     data_path = data_path or (meta.get("training_data") or {}).get("path")
@@ -272,4 +310,5 @@ def export_model(model_dir: str, out_dir: str, data_path: Optional[str] = None,
                          % ("(%s) is gone;" % data_path if data_path else "was not recorded;"))
     data = load_csv(data_path, sensors=list(sensors or meta["sensors"]), label_col=label_col,
                     timestamp_col=timestamp_col)
-    return export_bundle(model_dir, data, out_dir, progress, sign_key=sign_key, version=version)
+    return export_bundle(model_dir, data, out_dir, progress, sign_key=sign_key, version=version, verbose=verbose,
+                         quantize=quantize)

@@ -3,7 +3,7 @@
 Each mode streams the whole series (so the test part has its real history, no warm-up gap)
 and the metrics count only the rows from ``start`` on: the chronological test split.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -71,15 +71,41 @@ def evaluate(bundle: str, data: Dataset, start: int = 0, engine: str = "numpy", 
     return report
 
 
-def evaluate_csv(bundle: str, path: str, test_fraction: float = 0.0, engine: str = "numpy",
+def test_split(manifest: dict, data: Dataset, test_fraction: Optional[float]) -> Tuple[int, str]:
+    """(first row scored, a sentence saying which rows and why).
+
+    None: on the data the bundle was trained on (same sha256), its own test split, the rows after
+    training; on other data, every row. A fraction: the last ``test_fraction`` of the rows (0: all),
+    with a warning when that includes rows the bundle was trained on.
+    """
+    n = len(data.values)
+    trained = manifest.get("training_data") or {}
+    same = trained.get("sha256") == data.sha256
+    train_rows = int(trained.get("train_rows") or 0)
+    if test_fraction is None:
+        if same and 0 < train_rows < n:
+            return train_rows, ("scoring the test split: rows %d-%d, after the %d rows the bundle was trained on"
+                                % (train_rows, n - 1, train_rows))
+        return 0, "scoring all %d rows (%s)" % (n, "the bundle was trained on all of them" if same else
+                                                "none of them is the data the bundle was trained on")
+    start = split_start(n, test_fraction)
+    if same and start < train_rows:
+        return start, ("WARNING: scoring rows %d-%d includes %d of the rows the bundle was trained on, which "
+                       "flatters it; leave --test-fraction out to score its test split" % (start, n - 1,
+                                                                                        train_rows - start))
+    return start, "scoring rows %d-%d (the last %g of the data)" % (start, n - 1, test_fraction)
+
+
+def evaluate_csv(bundle: str, path: str, test_fraction: Optional[float] = None, engine: str = "numpy",
                  model_dir: Optional[str] = None, sensors: Optional[Sequence[str]] = None,
                  label_col: Optional[str] = None, timestamp_col: Optional[str] = None) -> dict:
-    """``evaluate`` on a CSV file's last ``test_fraction`` of rows (0: all): {"rows", "start", "modes": report}."""
-    sensors = list(sensors or Detector.load(bundle).sensors)
-    data = load_csv(path, sensors=sensors, label_col=label_col, timestamp_col=timestamp_col)
-    start = split_start(len(data.values), test_fraction)
+    """``evaluate`` on a CSV file's test rows (see ``test_split``): {"rows", "start", "split", "modes": report}."""
+    manifest = Detector.load(bundle).manifest
+    data = load_csv(path, sensors=list(sensors or manifest["sensors"]), label_col=label_col,
+                    timestamp_col=timestamp_col)
+    start, why = test_split(manifest, data, test_fraction)
     report = evaluate(bundle, data, start=start, engine=engine, model_dir=model_dir)
-    return {"rows": len(data.values) - start, "start": start, "modes": report}
+    return {"rows": len(data.values) - start, "start": start, "split": why, "modes": report}
 
 
 def comparison_table(report: Dict[str, dict], kinds: Sequence[str] = ANOMALY_KINDS) -> str:

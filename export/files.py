@@ -5,6 +5,7 @@ place; an interrupted run (an exception, Ctrl-C, a full disk) leaves nothing und
 final name, and an older file or folder there stays until the new one is complete.
 """
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -41,10 +42,15 @@ def atomic_file(path: str, mode: str = "wb", **open_args) -> Iterator:
 
 @contextlib.contextmanager
 def atomic_folder(path: str, prefix: str = ".tmp-") -> Iterator[str]:
-    """A temporary folder beside ``path`` to fill; on success it replaces ``path`` (an old one is removed)."""
+    """A temporary folder beside ``path`` to fill; on success it replaces ``path`` (an old one is removed).
+
+    The folder gets the permissions a plain ``mkdir`` would give (0755 under the usual umask), not
+    the 0700 of a temporary folder.
+    """
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if os.path.isdir(path):
@@ -53,3 +59,10 @@ def atomic_folder(path: str, prefix: str = ".tmp-") -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_json(path: str, obj, allow_nan: bool = True) -> None:
+    """Write ``obj`` as indented JSON to ``path``, atomically (a report, a benchmark's results)."""
+    with atomic_file(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, allow_nan=allow_nan)
+        fh.write("\n")

@@ -29,7 +29,7 @@ def pipeline_paths(workdir: str, suffix: str = "") -> Paths:
 
 def synthetic_pipeline(seed: int, paths: Paths, engine: str = "numpy", progress: Progress = None,
                        step: Optional[Callable[[str, str], None]] = None,
-                       after_export: Optional[Callable[[Paths], None]] = None) -> dict:
+                       after_export: Optional[Callable[[Paths], None]] = None, verbose: bool = False) -> dict:
     """Generate seed ``seed``'s data, train, export, and evaluate every mode on the test split (the last 20%).
 
     ``step(name, path)`` announces each stage; ``after_export(paths)`` runs between export and
@@ -42,9 +42,9 @@ def synthetic_pipeline(seed: int, paths: Paths, engine: str = "numpy", progress:
     write_csv(generate(seed=seed), paths.data)
     data = load_csv(paths.data)
     announce("train", paths.model)
-    train(data, paths.model, TrainConfig(seed=seed), progress=progress, source=paths.data)
+    train(data, paths.model, TrainConfig(seed=seed), progress=progress, source=paths.data, verbose=verbose)
     announce("export", paths.bundle)
-    export_bundle(paths.model, data, paths.bundle, progress=progress)
+    export_bundle(paths.model, data, paths.bundle, progress=progress, verbose=verbose)
     if after_export is not None:
         after_export(paths)
     start = split_start(len(data.values), TEST_FRACTION)
@@ -58,7 +58,8 @@ def synthetic_pipeline(seed: int, paths: Paths, engine: str = "numpy", progress:
 DEMO_STEPS = ("generate", "train", "export", "detect", "evaluate")
 
 
-def run_demo(workdir: str, seed: int = 42, echo: Callable[[str], None] = print, progress: Progress = None) -> dict:
+def run_demo(workdir: str, seed: int = 42, echo: Callable[[str], None] = print, progress: Progress = None,
+             verbose: bool = False) -> dict:
     """The demo: ``synthetic_pipeline`` with every reading streamed through the bundle into events.jsonl.
 
     ``echo`` gets the numbered steps; the report is also written to ``workdir``/report.json.
@@ -85,7 +86,7 @@ def run_demo(workdir: str, seed: int = 42, echo: Callable[[str], None] = print, 
         echo("      %d readings scored, %d alarms" % (counts["scored"], counts["alarms"]))
 
     os.makedirs(workdir, exist_ok=True)
-    report = synthetic_pipeline(seed, paths, progress=progress, step=step, after_export=detect)
+    report = synthetic_pipeline(seed, paths, progress=progress, step=step, after_export=detect, verbose=verbose)
     with open(os.path.join(workdir, "report.json"), "w") as fh:
         json.dump(report, fh, indent=2)
     return report

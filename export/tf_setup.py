@@ -1,9 +1,12 @@
 """TensorFlow set-up, in one place: tf_keras (Keras 2, whose LSTMs convert to the fused TFLite
-op), a quiet C++ log, and thread limits, for this process or for a child process.
+op), a quiet C++ log (``quiet_native_log``), and thread limits, for this process or for a child.
 """
+import contextlib
+import io
 import os
 import sys
-from typing import Dict, Tuple
+import tempfile
+from typing import Dict, Iterator, Tuple
 
 TF_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
@@ -41,6 +44,7 @@ def import_tf(threads: int = 0) -> Tuple[object, object, object]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    tf.get_logger().setLevel("ERROR")      # retracing advice and other Python-side warnings: not the user's business
     note = "library default"
     if threads:
         try:
@@ -63,3 +67,55 @@ def configure_device(tf) -> str:
         except (ValueError, RuntimeError):
             pass
     return "GPU (%s)" % ", ".join(g.name for g in gpus) if gpus else "CPU"
+
+
+@contextlib.contextmanager
+def quiet_native_log(verbose: bool = False) -> Iterator[None]:
+    """TensorFlow's C++ log (absl and XNNPACK lines, written to file descriptor 2) goes to a temporary file.
+
+    Python's own writes to stderr (progress, our messages) still show: ``sys.stderr`` is pointed
+    at a copy of the real descriptor for the duration. The captured log is shown when
+    ``verbose``, or when the block raises (so a failure keeps its context), and dropped
+    otherwise. A run that goes well then prints no E0000/W0000/cuInit line.
+    """
+    if verbose:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    log = tempfile.TemporaryFile(mode="w+b")
+    swapped = None
+    try:
+        if _is_fd2(sys.stderr):
+            swapped = sys.stderr
+            sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(saved), "wb", buffering=0), encoding="utf-8",
+                                          errors="backslashreplace", line_buffering=True, write_through=True)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            _restore(saved, swapped)
+            swapped = None
+            log.seek(0)
+            text = log.read().decode("utf-8", "replace")
+            if text.strip():
+                sys.stderr.write("TensorFlow's log before the error:\n" + text)
+            raise
+    finally:
+        _restore(saved, swapped)
+        os.close(saved)
+        log.close()
+
+
+def _is_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return False
+
+
+def _restore(saved: int, swapped) -> None:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    if swapped is not None:
+        sys.stderr = swapped

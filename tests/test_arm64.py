@@ -159,3 +159,23 @@ def test_mirror_comes_from_the_apt_sources(tmp_path):
     none.write_text("deb http://archive.ubuntu.com/ubuntu jammy main\n")
     out = _script("mirror", none, timeout=30)
     assert out.returncode != 0 and "no Debian mirror" in out.stderr
+
+
+def test_device_bench_runs_on_bookworm_arm64_and_says_its_times_are_emulated(arm64_root, trained, synthetic,
+                                                                                tmp_path):
+    from edge_detector.package import build_package
+    _, bundle = trained
+    _, csv_path = synthetic
+    readings = _tail_csv(csv_path, tmp_path / "readings.csv")
+    archive = tmp_path / "gateway.tar.gz"
+    build_package(str(bundle), str(archive))
+    report_path = tmp_path / "device.json"
+    proc = _script("bench", archive, readings, "--readings", "60", "--streams", "1,4", "--ticks", "5", "--json",
+                   report_path, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["machine"]["machine"] == "aarch64" and report["emulated"] is True
+    assert "not real times" in proc.stdout                         # the tables say so, not only the JSON
+    numpy_engine = report["engines"]["numpy"]
+    assert numpy_engine["cold_start"].get("cold_start_s", 0) > 0, numpy_engine["cold_start"]
+    assert numpy_engine["hybrid"]["readings"] == 60 and sorted(numpy_engine["streams"]["streams"]) == ["1", "4"]

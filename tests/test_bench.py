@@ -194,3 +194,36 @@ def test_without_model_folder_the_originals_are_skipped_with_a_note(trained, syn
     assert "skipped" in format_table(report)
     with pytest.raises(ValueError, match="unknown engine"):
         run_bench(str(bundle), str(csv_path), engines=("numpy", "gpu"))
+
+
+def test_compare_puts_a_device_report_beside_this_machine(trained, synthetic, tmp_path):
+    """bench --compare device.json: the device's figures and the same device bench run here, row by row."""
+    from click.testing import CliRunner
+
+    from edge_detector.cli import cli
+    from edge_detector.runtime.bench import run_device_bench
+    _, bundle = trained
+    _, csv_path = synthetic
+    device = run_device_bench(str(bundle), str(csv_path), ["numpy"], readings=50, streams=[1, 4], ticks=5)
+    device["machine"]["machine"] = "aarch64"                     # as a Pi's report would say
+    device_path = tmp_path / "device.json"
+    device_path.write_text(json.dumps(device))
+    args = ["bench", str(bundle), str(csv_path), "--engines", "numpy", "--runs", "3", "--warmup", "0",
+            "--max-seconds", "0.2", "--json", str(tmp_path / "bench.json")]
+    result = CliRunner().invoke(cli, args + ["--compare", str(device_path)])
+    assert result.exit_code == 0, result.output
+    assert "This machine against the device (aarch64" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("numpy ")]
+    figures = {" ".join(r[1:-3]): r[-3:] for r in rows}
+    assert {"cold start s", "hybrid p95 ms", "stage-2 share", "4 streams, readings/s/core"} <= set(figures)
+    here, there, ratio = figures["hybrid mean ms"]
+    assert float(ratio) == pytest.approx(float(there) / float(here), rel=0.02)
+    saved = json.loads((tmp_path / "bench.json").read_text())["device_comparison"]
+    assert saved["here"]["engines"]["numpy"]["hybrid"]["readings"] == 50        # the device's own settings
+    assert sorted(saved["here"]["engines"]["numpy"]["streams"]["streams"]) == ["1", "4"]
+
+    # a file that is not a device report is refused in a sentence
+    (tmp_path / "other.json").write_text('{"schema": "something else"}')
+    bad = CliRunner().invoke(cli, args + ["--compare", str(tmp_path / "other.json")])
+    assert bad.exit_code == 1 and "must be a device bench report" in bad.output and bad.exception is not None
+    assert "Traceback" not in bad.output

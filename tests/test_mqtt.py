@@ -409,3 +409,50 @@ def test_mqtt_over_tls_with_a_password_file(trained, synthetic, tmp_path, open_d
     finally:
         broker.terminate()
         broker.wait(10)
+
+
+def test_a_wildcard_topic_keeps_one_state_per_machine(broker, trained, synthetic, tmp_path):
+    """plant/+/readings: each topic is its own stream, and its events equal a detect on its readings alone."""
+    from edge_detector.runtime import Detector
+    _, bundle = trained
+    _, csv_path = synthetic
+    lines = csv_path.read_text().splitlines()
+    parts = {"wild/p1/readings": (0, 300), "wild/p2/readings": (300, 600)}
+    expected = {}
+    for topic, (a, b) in parts.items():
+        path = tmp_path / ("%s.csv" % topic.split("/")[1])
+        path.write_text("\n".join([lines[0]] + lines[1 + a:1 + b]) + "\n")
+        result = CliRunner().invoke(cli, ["detect", str(bundle), str(path)])
+        assert result.exit_code == 0, result.output
+        expected[topic] = [json.loads(line) for line in result.stdout.splitlines()]
+    payloads = _payloads(csv_path, 600)
+    sub, received, got_all = _subscriber(broker, "wild/events", 600)
+    notices, stop, counts = _Notices(), threading.Event(), {}
+    from edge_detector.mqtt import run_bridge
+    thread = threading.Thread(target=lambda: counts.update(run_bridge(
+        Detector.load(str(bundle)), port=broker, in_topic="wild/+/readings", out_topic="wild/events", err=notices,
+        stop=stop, stop_on_signals=False, alarms_only=False)), daemon=True)
+    thread.start()
+    try:
+        assert notices.subscribed.wait(30), "".join(notices.lines)
+        pub = _client("test-pub-wild")
+        pub.connect("127.0.0.1", broker)
+        pub.loop_start()
+        infos = []
+        for k in range(300):                                   # interleaved, one machine after the other
+            for topic, (a, _) in parts.items():
+                infos.append(pub.publish(topic, payloads[a + k], qos=1))
+        for info in infos:
+            info.wait_for_publish(timeout=30)
+        pub.loop_stop()
+        pub.disconnect()
+        assert got_all.wait(60), "received %d of 600 events" % len(received)
+    finally:
+        stop.set()
+        thread.join(60)
+        sub.loop_stop()
+        sub.disconnect()
+    assert counts["streams"] == 2 and counts["scored"] == 600 and counts["rejected"] == 0
+    for topic, events in expected.items():
+        mine = [{k: v for k, v in e.items() if k not in ("line", "stream")} for e in received if e["stream"] == topic]
+        assert mine == [{k: v for k, v in e.items() if k != "line"} for e in events], topic

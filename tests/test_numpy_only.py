@@ -38,15 +38,21 @@ def ship_runtime(folder):
         (folder / name).write_bytes(data)
 
 
-def test_runtime_runs_with_numpy_alone(numpy_only_python, trained, synthetic, tmp_path):
-    _, bundle = trained
-    data, csv_path = synthetic
+def device_folder(tmp_path, bundle, csv_path):
+    """(a gateway's folder: runtime/, bundle/, readings.csv; an environment without this checkout's paths)."""
     work = tmp_path / "device"
     work.mkdir()
     ship_runtime(work)
     shutil.copytree(bundle, work / "bundle")
     shutil.copy(csv_path, work / "readings.csv")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "QEMU_LD_PREFIX")}
+    return work, env
+
+
+def test_runtime_runs_with_numpy_alone(numpy_only_python, trained, synthetic, tmp_path):
+    _, bundle = trained
+    data, csv_path = synthetic
+    work, env = device_folder(tmp_path, bundle, csv_path)
 
     # the library form
     out = subprocess.run([str(numpy_only_python), "-I", "-c", PROBE], cwd=work, capture_output=True, text=True, env=env)
@@ -120,3 +126,30 @@ def test_no_runtime_module_is_over_400_lines():
         if name.endswith(".py"):
             with open(os.path.join(folder, name)) as fh:
                 assert sum(1 for _ in fh) <= 400, name
+
+
+def test_device_bench_runs_with_numpy_alone(numpy_only_python, trained, synthetic, tmp_path):
+    """python3 -m runtime bench: every figure the gateway can measure, with NumPy alone (no originals)."""
+    _, bundle = trained
+    _, csv_path = synthetic
+    work, env = device_folder(tmp_path, bundle, csv_path)
+    proc = subprocess.run([str(numpy_only_python), "-m", "runtime", "bench", "bundle", "readings.csv", "--readings",
+                           "200", "--streams", "1,4,16", "--ticks", "20", "--json", "device.json"], cwd=work,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((work / "device.json").read_text())
+    assert list(report["engines"]) == ["numpy"]                 # LiteRT and onnxruntime are not installed here
+    assert report["emulated"] is False and "emulated" not in proc.stdout
+    numpy_engine = report["engines"]["numpy"]
+    assert numpy_engine["cold_start"]["cold_start_s"] > 0 and numpy_engine["cold_start"]["rss_bytes"] > 0
+    for mode in ("hybrid", "lstm"):
+        assert numpy_engine[mode]["readings"] == 200 and numpy_engine[mode]["p50_ms"] <= numpy_engine[mode]["p99_ms"]
+    assert numpy_engine["lstm"]["stage2_share"] == 1.0 and 0 < numpy_engine["hybrid"]["stage2_share"] < 1
+    assert sorted(numpy_engine["streams"]["streams"], key=int) == ["1", "4", "16"]
+    assert report["peak_rss_bytes"] > 0
+    assert "| numpy | hybrid | 16 |" in proc.stdout
+
+    # a user's mistake is a sentence, not a traceback
+    bad = subprocess.run([str(numpy_only_python), "-m", "runtime", "bench", "bundle", "missing.csv"], cwd=work,
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and "missing.csv" in bad.stderr

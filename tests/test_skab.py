@@ -109,3 +109,22 @@ def test_margins_are_the_median_over_pieces_of_each_pieces_quantile(tmp_path, mo
     assert report["pooled"]["tau2_margin"] > report["tau2_margin"]  # the pooled quantile follows piece c
     levels.update(a=0.1, b=0.2, c=0.3)
     assert skab.calibrate_margins([(k, None) for k in levels], str(tmp_path), "numpy", 0, {}, jobs=1)["tau2_margin"] == 1.0
+
+
+def test_an_adaptive_pieces_margin_is_the_smallest_that_keeps_its_alarms_under_the_share():
+    """With the adaptive threshold, a piece's margin is found by running the device's own rule over the piece."""
+    from edge_detector.runtime.threshold import Threshold, ThresholdSpec
+    skab = load_skab_module()
+    rng = np.random.default_rng(5)
+    scores = np.abs(rng.normal(1.0, 0.4, 800)) * np.linspace(1.0, 3.0, 800)     # a piece that drifts up
+    ran = rng.random(800) < 0.7
+    spec = ThresholdSpec("adaptive", 0.95, 200, 1.0, ())
+    part = {"score": scores, "stage2": ran, "threshold": spec, "initial_units": list(np.abs(rng.normal(1, 0.3, 200)))}
+    q = 1 - skab.CALIBRATION_FAR
+    margin = skab.piece_margin(part, q)
+
+    def alarms(m):
+        t = Threshold(spec._replace(margin=m, initial=tuple(part["initial_units"])), 1.0)
+        return sum(t.exceeded(float(v)) for v, r in zip(scores, ran) if r)
+    assert 1.0 < margin < 50.0
+    assert alarms(margin) <= (1 - q) * len(scores) < alarms(margin - 0.05)

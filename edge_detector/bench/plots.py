@@ -21,21 +21,35 @@ def _latency_panels(report: dict) -> list:
     return panels
 
 
+def _threads(report: dict) -> str:
+    n = report["settings"]["threads"]
+    return "each runtime's default threads" if not n else "1 thread" if n == 1 else "%d threads" % n
+
+
+def _latency_panel(ax, title: str, per: dict) -> None:
+    """Horizontal bars from zero (linear: lengths compare), the p95 as a tick, each value written past both."""
+    names = list(per)[::-1]
+    means = [per[e]["mean_ms"] for e in names]
+    p95 = [per[e]["p95_ms"] for e in names]
+    y = range(len(names))
+    ax.barh(y, means, color=[_colour(e) for e in names], height=0.6)
+    ax.scatter(p95, y, marker="|", s=260, color="black", zorder=3, label="p95")
+    right = max(max(means), max(p95))
+    for k, (m, q) in enumerate(zip(means, p95)):
+        ax.text(max(m, q) + 0.03 * right, k, "%.3g (p95 %.3g)" % (m, q), va="center", fontsize=8)
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(names)
+    ax.set_xlim(0, right * 1.7)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("ms: bar = mean, tick = p95")
+
+
 def _latency_figure(plt, report: dict, path: str) -> None:
     panels = _latency_panels(report)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
-    for ax, (title, per) in zip(axes[0], panels):
-        names = list(per)
-        means = [per[e]["mean_ms"] for e in names]
-        p95 = [per[e]["p95_ms"] for e in names]
-        bars = ax.bar(names, means, color=[_colour(e) for e in names])
-        ax.scatter(names, p95, marker="_", s=300, color="black", label="p95", zorder=3)
-        for rect, v in zip(bars, means):
-            ax.annotate("%.3g" % v, (rect.get_x() + rect.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
-        ax.set_yscale("log")
-        ax.set_title(title, fontsize=10)
-        ax.set_ylabel("ms (bar: mean, tick: p95)")
-    fig.suptitle("edge-detector latency per engine (%s threads)" % report["settings"]["threads"], fontsize=11)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.2 + 1.5 * len(panels)), squeeze=False)
+    for ax, (title, per) in zip(axes[:, 0], panels):
+        _latency_panel(ax, title, per)
+    fig.suptitle("edge-detector latency per engine (%s); linear axes from zero" % _threads(report), fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -51,8 +65,8 @@ def _f1_panel(ax, report: dict) -> None:
         elif report.get("f1"):
             f1 = report["f1"].get(e, {}).get("hybrid")
         if f1 is not None:
-            ax.scatter(per["hybrid"]["mean_ms"], f1, s=60, color=_colour(e))
-            ax.annotate(e, (per["hybrid"]["mean_ms"], f1), textcoords="offset points", xytext=(5, 5))
+            ax.scatter(per["hybrid"]["mean_ms"], f1, s=60, color=_colour(e), label=e)
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_xscale("log")
     ax.set_xlabel("hybrid, mean ms per reading")
     ax.set_ylabel("hybrid F1 on the test part")
@@ -70,8 +84,8 @@ def _error_panel(ax, report: dict) -> None:
                 if lat is None or a["max_rel_error"] is None:
                     continue
                 err = max(a["max_rel_error"], 1e-17)
-                ax.scatter(lat, err, marker=marker, s=60, color=_colour(e))
-                ax.annotate("%s %s" % (e, stage), (lat, err), textcoords="offset points", xytext=(5, 5), fontsize=8)
+                ax.scatter(lat, err, marker=marker, s=60, color=_colour(e), label="%s, %s" % (e, stage))
+        ax.legend(fontsize=8, loc="best")
         ax.set_yscale("log")
     else:
         ax.text(0.5, 0.5, "no originals: no score errors", ha="center", transform=ax.transAxes)
@@ -91,7 +105,7 @@ def _accuracy_figure(plt, report: dict, path: str) -> None:
 
 
 def write_plots(report: dict, out_dir: str) -> List[str]:
-    """latency.png (per engine, log scale) and accuracy_latency.png in ``out_dir``; returns the paths written."""
+    """latency.png (per engine, linear axes) and accuracy_latency.png in ``out_dir``; returns the paths written."""
     import matplotlib  # noqa: PLC0415 (the bench extra)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415

@@ -79,6 +79,19 @@ def _accuracy_table(acc: dict) -> Table:
              "F1 diff"], rows)
 
 
+def _variants_table(v: dict) -> Table:
+    rows = []
+    for name, r in v["rows"].items():
+        m = r["stage2_b1"]
+        rows.append([name, "%.1f" % (r["bytes"] / 1024), "%.4g" % r["tau2"], r["threshold"], _f(m["mean_ms"], "%.3f"),
+                     _f(m["p95_ms"], "%.3f"), "%.4f" % r["agreement"], _f(r["f1"], "%.4f"), _f(r["f1_diff"], "%+.4f")])
+    for name, why in v["left_out"].items():
+        rows.append([name, "-", "-", "-", "-", "-", "-", "-", "left out: " + why])
+    return ("Quantized stage-2 variants (TFLite engine; agreement and F1 diff: hybrid alarms on the test part "
+            "against the %s)" % {"original": "originals", "tflite": "float32 TFLite model"}[v["reference"]],
+            ["variant", "KiB", "tau2", "threshold", "b1 mean ms", "b1 p95 ms", "agree", "F1", "F1 diff"], rows)
+
+
 def _goals_table(report: dict) -> Table:
     rows = []
     for name, g in report["goals"].items():
@@ -92,7 +105,12 @@ def _tables(report: dict) -> List[Table]:
     out = [_cold_start_table(report), _stage1_table(report), _stage2_table(report), _stream_table(report)]
     if report.get("accuracy"):
         out.append(_accuracy_table(report["accuracy"]))
+    if report.get("variants"):
+        out.append(_variants_table(report["variants"]))
     out.append(_goals_table(report))
+    if report.get("device_comparison"):
+        from .compare import comparison_table  # noqa: PLC0415 (only with --compare)
+        out.append(comparison_table(report["device_comparison"]))
     return out
 
 

@@ -18,22 +18,23 @@ from edge_detector.runtime import (ONNX_FILE, TFLITE_FILE, WEIGHTS, Detector, ba
 from . import BATCH_SIZES, BENCH_ENGINES, STAGE_IMPL
 from .cold_start import cold_start
 from .goals import compute_goals
-from .machine import machine_info, versions
+from .machine import ThreadLimits, machine_info, versions
 from .measure import EngineRun, Inputs, Settings, measure_engines, thread_settings
 from .originals import Originals, OriginalsCheck, load_originals
+from .variants import measure_variants
 
 SCHEMA = "edge-detector-bench/1"
 ORIGINAL_STREAM_LIMIT = 500          # readings the originals stream per mode (Keras predict is ~30 ms a call)
 
 
-def _clean(obj):
+def clean(obj):
     """Make ``obj`` JSON-serialisable: NumPy scalars to Python, non-finite floats to None."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [clean(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
+        return clean(obj.tolist())
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
@@ -266,7 +267,13 @@ def run_bench(bundle: str, data_csv: str, engines: Sequence[str] = BENCH_ENGINES
             stage2{engine: E + agreement (s2 > tau2 vs Keras')},
             hybrid{engine: {agreement, f1, f1_original, f1_diff, stage2_share, n}},
             lstm{engine: {agreement, f1, f1_original, f1_diff, n}}},
-        goals{name: {description, value, goal, op, met, numerator, denominator}}
+        variants: null | {reference: "original" | "tflite", left_out{variant: reason},
+            rows{float32 | float16 | dynamic | int8: {bytes, tau2, threshold, stage2_b1: M, agreement,
+                stage2_share, f1, f1_reference, f1_diff}}},
+        goals{name: {description, value, goal, op, met, numerator, denominator}},
+        device_comparison (only with the CLI's --compare): {here: D, device: D}, D being the device
+            bench's report (runtime.bench: schema, machine, emulated, engines{engine: {cold_start,
+            hybrid, lstm, streams}}, peak_rss_bytes)
 
     where M = {first_inference_ms, warmup_runs, runs, items_per_run, mean_ms, std_ms, min_ms,
     p50_ms, p90_ms, p95_ms, p99_ms, max_ms, throughput_per_s} (throughput in readings or
@@ -292,9 +299,11 @@ def run_bench(bundle: str, data_csv: str, engines: Sequence[str] = BENCH_ENGINES
     report["threads"] = dict(thread_settings(s.threads, ready.tf_note, "original" in ready.active),
                              numpy_blas=numpy_blas)
     _fill_accuracy(report, runs_by_engine, inputs, ready)
+    with ThreadLimits(s.threads):
+        report["variants"] = measure_variants(inputs, s, runs_by_engine, progress)
     if inputs.n_trees is not None and inputs.n_trees != 100:
         ready.notes.append("the forest has %d trees; the stage-1 goals are stated for 100" % inputs.n_trees)
     report["goals"] = compute_goals(report)
     report["elapsed_s"] = time.perf_counter() - t_begin
     log(progress, "[%d/%d] done in %.0fs" % (total, total, report["elapsed_s"]))
-    return _clean(report)
+    return clean(report)

@@ -34,15 +34,16 @@ from .events import OUTPUT_FORMATS, event_record, influx_line
 from .features import FeatureSpec, FeatureState, batch_features, feature_names
 from .forest import iforest_score
 from .lstm import lstm_ae_forward
-from .readings import Layout, Reading, Rejected, parse_header, read_lines, timestamp_ns
+from .multistream import MultiDetector
+from .readings import Layout, Notice, Reading, Rejected, parse_header, read_lines, timestamp_ns
 from .clock import DEFAULT_GAP_FACTOR, DEFAULT_MAX_JUMP_S
 from .stream import MISSING_POLICIES, StreamPolicy, StreamScorer, detect, run_stream
 from .windows import WindowTransform, prepare_windows, window_scores, windows_at
 
 __all__ = [
     "BundleError", "Bundle", "DEFAULT_GAP_FACTOR", "DEFAULT_MAX_JUMP_S", "Detector", "ENGINE_CHOICES", "FeatureSpec", "FeatureState",
-    "InputError", "Layout", "MANIFEST", "MAX_ABS_VALUE", "MISSING_POLICIES", "MODES", "ONNX_FILE", "OUTPUT_FORMATS",
-    "Reading", "Rejected", "SCHEMA_VERSION", "Score", "Scores", "StreamPolicy", "StreamScorer", "TFLITE_FILE",
+    "InputError", "Layout", "MANIFEST", "MAX_ABS_VALUE", "MISSING_POLICIES", "MODES", "MultiDetector", "ONNX_FILE", "OUTPUT_FORMATS",
+    "Notice", "Reading", "Rejected", "SCHEMA_VERSION", "Score", "Scores", "StreamPolicy", "StreamScorer", "TFLITE_FILE",
     "WEIGHTS", "WindowTransform", "batch_features", "detect", "engine_available", "event_record", "feature_names",
     "iforest_score", "influx_line", "load_bundle", "load_manifest", "lstm_ae_forward", "parse_header",
     "prepare_windows", "read_lines", "run_stream", "timestamp_ns", "window_scores", "windows_at",

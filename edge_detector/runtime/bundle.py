@@ -77,6 +77,9 @@ def manifest_digest(manifest: dict) -> str:
 
 def read_manifest_bytes(path: str) -> bytes:
     """The manifest file's bytes, refused by name when the folder or the file is missing, or it is too large."""
+    if os.path.isfile(path):
+        raise BundleError("bundle %r is a file, not a bundle: give the folder that `edge-detector export` wrote "
+                          "(it holds %s)" % (path, MANIFEST))
     if not os.path.isdir(path):
         raise BundleError("bundle %r: no such directory" % path)
     try:

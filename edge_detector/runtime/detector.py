@@ -7,6 +7,7 @@
 ``score_one`` is the streaming form (one reading, state kept); ``score`` the batch form over a
 whole series from a fresh state, with the same results. Scores: higher = more anomalous.
 """
+import copy
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -15,7 +16,8 @@ from .bundle import ONNX_FILE, TFLITE_FILE, Bundle, forest_arrays, load_bundle
 from .trust import Trust
 from .engines import ENGINE_CHOICES, OnnxStage1, TFLiteStage2, numpy_stage1, numpy_stage2, stage_engines
 from .errors import MAX_ABS_VALUE, BundleError, InputError, check_choice, valid_values
-from .features import FeatureSpec, FeatureState, batch_features
+from .features import FeatureSpec, FeatureState, batch_features, features_of_states
+from .threshold import Threshold, ThresholdSpec
 from .windows import WindowTransform, window_scores, windows_at
 
 MODES = ("hybrid", "lstm", "iforest")
@@ -60,37 +62,80 @@ class Scores(NamedTuple):
                    np.array([v.warmup for v in verdicts], dtype=bool), shares)
 
 
+class StreamState:
+    """One stream's memory: its feature history, its last ``span`` readings, how many it has seen,
+    and its stage-2 threshold. A Detector has one; ``MultiDetector`` keeps one per stream key."""
+
+    def __init__(self, detector: "Detector"):
+        self.features = FeatureState(detector.spec, len(detector.sensors))
+        self.buffer = np.zeros((detector.span, len(detector.sensors)))     # [span, sensors], oldest first
+        self.count = 0
+        self.threshold = Threshold(detector.threshold_spec, detector.tau2)
+
+    def reset(self) -> None:
+        """Forget the window: the next reading starts a new warm-up (the threshold keeps what it learnt)."""
+        self.features.reset()
+        self.count = 0
+
+    def remember(self, x: np.ndarray) -> None:
+        if self.count < len(self.buffer):
+            self.buffer[self.count] = x
+        else:
+            self.buffer[:-1] = self.buffer[1:]
+            self.buffer[-1] = x
+        self.count += 1
+
+
+def variant_entry(manifest: dict, engine: str, variant: Optional[str]) -> Optional[dict]:
+    """The manifest's entry for a quantized stage-2 variant (None for the float32 model); BundleError naming the
+    choices when the bundle has no such variant or the engine cannot run one."""
+    if variant in (None, "none", "float32"):
+        return None
+    variants = manifest.get("variants") or {}
+    if variant not in variants or "file" not in variants[variant]:
+        raise BundleError("bundle has no stage-2 variant %r (it has: %s; export --quantize makes them)"
+                          % (variant, ", ".join(sorted(k for k, v in variants.items() if "file" in v)) or "none"))
+    if engine not in ("tflite", "auto"):
+        raise BundleError("variant %r is a TFLite model: run it with --engine tflite" % variant)
+    return variants[variant]
+
+
 class Detector:
     """Two-stage anomaly detector over a stream of sensor readings.
 
     Stage 1 (IsolationForest on rolling features) screens every reading; stage 2 (the LSTM
     autoencoder) examines the window ending at a reading only when stage 1 scores it above
-    tau1. A reading is anomalous when stage 2 scores it above tau2.
+    tau1. A reading is anomalous when stage 2 scores it above the stage-2 threshold: tau2, or,
+    for a bundle with an adaptive threshold, one that follows the stream's own normal scores
+    (``threshold.Threshold``).
 
     Build one with ``Detector.load(bundle_dir)``.
     """
 
-    def __init__(self, bundle: Bundle, engine: str = "numpy", mode: str = "hybrid", threads: Optional[int] = None):
+    def __init__(self, bundle: Bundle, engine: str = "numpy", mode: str = "hybrid", threads: Optional[int] = None,
+                 variant: Optional[str] = None):
         check_choice("engine", engine, ENGINE_CHOICES)
         check_choice("mode", mode, MODES)
         manifest = bundle.manifest
         self.manifest = manifest
         self.engine = engine
         self.mode = mode
+        self.variant = variant_entry(manifest, engine, variant)
         self.sensors: List[str] = list(manifest["sensors"])
         self.spec = FeatureSpec.from_dict(manifest["feature_spec"])
         try:
             self.transform = WindowTransform.from_manifest(manifest)
+            self.threshold_spec = ThresholdSpec.from_manifest(self.variant or manifest)
         except ValueError as exc:
             raise BundleError("manifest: %s" % exc) from None
         t = manifest["thresholds"]
         self.tau1, self.tau2, self.tau_iforest = float(t["tau1"]), float(t["tau2"]), float(t["iforest"])
+        if self.variant is not None:
+            self.tau2 = float(self.variant["tau2"])          # a quantized model's scores have their own scale
         self.span = self.transform.span
         self.warmup = max(self.span, self.spec.history)
         self.stage1, self.stage2 = self._stages(bundle, engine, threads)
-        self._features = FeatureState(self.spec, len(self.sensors))
-        self._buffer = np.zeros((self.span, len(self.sensors)))        # [span, sensors], oldest first
-        self.count = 0
+        self.state = StreamState(self)
 
     def _stages(self, bundle: Bundle, engine: str, threads: Optional[int]):
         stage1_engine, stage2_engine = stage_engines(engine)
@@ -100,7 +145,7 @@ class Detector:
             stage1 = numpy_stage1(forest_arrays(bundle.arrays))
         if stage2_engine == "numpy":
             return stage1, numpy_stage2(bundle.arrays)
-        stage2 = TFLiteStage2(bundle.file(TFLITE_FILE), threads)
+        stage2 = TFLiteStage2(bundle.file(self.variant["file"] if self.variant else TFLITE_FILE), threads)
         expected = (1, self.window, len(self.sensors))
         if stage2.input_shape != expected:
             raise BundleError("%s: input shape %s does not match the manifest's window and sensors %s"
@@ -111,14 +156,15 @@ class Detector:
 
     @classmethod
     def load(cls, path: str, engine: str = "numpy", mode: str = "hybrid", threads: Optional[int] = None,
-             trust: Optional[Trust] = None) -> "Detector":
+             trust: Optional[Trust] = None, variant: Optional[str] = None) -> "Detector":
         """Load a bundle directory, verifying its manifest and checksums first (and, with ``trust``, its signature
-        and version: ``trust.load_trust(keys_file)``)."""
+        and version: ``trust.load_trust(keys_file)``). ``variant`` picks a quantized stage-2 model (float16,
+        dynamic, int8: ``export --quantize``) for the tflite engine, with its own threshold."""
         check_choice("engine", engine, ENGINE_CHOICES)
         check_choice("mode", mode, MODES)
         bundle = load_bundle(path, trust)
         try:
-            return cls(bundle, engine=engine, mode=mode, threads=threads)
+            return cls(bundle, engine=engine, mode=mode, threads=threads, variant=variant)
         except KeyError as exc:
             raise BundleError("bundle %r: weights or manifest lack %s" % (path, exc)) from None
 
@@ -126,10 +172,18 @@ class Detector:
     def engines(self) -> Dict[str, str]:
         return {"stage1": self.stage1.name, "stage2": self.stage2.name}
 
+    @property
+    def threshold(self) -> Threshold:
+        return self.state.threshold
+
+    @property
+    def count(self) -> int:
+        """Readings this stream has seen since its start or its last reset."""
+        return self.state.count
+
     def reset(self) -> None:
-        """Forget the stream: the next reading starts a new warm-up."""
-        self._features.reset()
-        self.count = 0
+        """Forget the stream's window: the next reading starts a new warm-up (the threshold keeps what it learnt)."""
+        self.state.reset()
 
     def check_reading(self, reading: Sequence[float]) -> np.ndarray:
         """The reading as a float64 vector [sensors]; InputError for a wrong length or an unscorable value."""
@@ -141,7 +195,8 @@ class Detector:
             raise InputError("sensor values must be finite and within +-%g, got %s" % (MAX_ABS_VALUE, x.tolist()))
         return x
 
-    def _verdict(self, s1: float, s2: Optional[float], shares: Optional[np.ndarray], warm: bool) -> Score:
+    def _verdict(self, state: StreamState, s1: float, s2: Optional[float], shares: Optional[np.ndarray],
+                 warm: bool) -> Score:
         if warm:
             return Score(s1, None, False, None, True)
         if self.mode == "iforest":
@@ -149,19 +204,30 @@ class Detector:
         if s2 is None:
             return Score(s1, None, False, None, False)
         contributions = {s: round(float(v), 6) for s, v in zip(self.sensors, shares)}
-        return Score(s1, s2, bool(s2 > self.tau2), contributions, False)
+        return Score(s1, s2, bool(state.threshold.exceeded(s2)), contributions, False)
 
     def _needs_stage2(self, s1: float) -> bool:
         return self.mode == "lstm" or (self.mode == "hybrid" and s1 > self.tau1)
 
-    def _remember(self, x: np.ndarray) -> None:
-        # the last ``span`` readings, oldest first
-        if self.count < self.span:
-            self._buffer[self.count] = x
-        else:
-            self._buffer[:-1] = self._buffer[1:]
-            self._buffer[-1] = x
-        self.count += 1
+    def score_states(self, states: Sequence[StreamState], readings: Sequence[np.ndarray]) -> List[Score]:
+        """The next reading of each of several streams (checked readings, one per state), scored together:
+        stage 1 in one call over [k, features], stage 2 in one batch over the windows that need it.
+
+        Every window and every feature row gets the bits it would get alone, so each stream's verdicts
+        equal those of its own Detector.
+        """
+        feats = features_of_states([st.features for st in states], readings)             # [k, features]
+        s1 = np.asarray(self.stage1(feats), dtype=np.float64)                            # [k]
+        for st, x in zip(states, readings):
+            st.remember(x)
+        warm = [st.count < self.warmup for st in states]
+        need = [i for i in range(len(states)) if not warm[i] and self._needs_stage2(float(s1[i]))]
+        s2, shares = {}, {}
+        if need:
+            scores, share = window_scores(np.stack([states[i].buffer for i in need]), self.stage2, self.transform)
+            s2 = dict(zip(need, scores.tolist()))
+            shares = dict(zip(need, share))
+        return [self._verdict(st, float(s1[i]), s2.get(i), shares.get(i), warm[i]) for i, st in enumerate(states)]
 
     def score_one(self, reading: Sequence[float]) -> Score:
         """The next reading's verdict: [sensors] -> Score. Never alarms during warm-up.
@@ -169,15 +235,13 @@ class Detector:
         Raises ``InputError`` for a reading of the wrong length or with NaN/inf, and then
         leaves the stream's state untouched.
         """
-        x = self.check_reading(reading)
-        s1 = float(self.stage1(self._features.update(x)[None, :])[0])
-        self._remember(x)
-        warm = self.count < self.warmup
-        s2 = shares = None
-        if not warm and self._needs_stage2(s1):
-            score, share = window_scores(self._buffer[None], self.stage2, self.transform)
-            s2, shares = float(score[0]), share[0]
-        return self._verdict(s1, s2, shares, warm)
+        return self.score_states([self.state], [self.check_reading(reading)])[0]
+
+    def fork(self) -> "Detector":
+        """A detector for another stream: the same model, engines and thresholds, a fresh state of its own."""
+        other = copy.copy(self)
+        other.state = StreamState(self)
+        return other
 
     def score(self, values: np.ndarray, batch_size: int = 256) -> Scores:
         """Batch form of ``score_one`` over a whole series from a fresh state: [time, sensors] -> Scores.
@@ -194,8 +258,18 @@ class Detector:
         if self.mode == "iforest":
             alarm = ~warm & (s1 > self.tau_iforest)
         else:
-            alarm = run & (s2 > self.tau2)
+            alarm = self._batch_alarms(s2, run)
         return Scores(np.asarray(s1, dtype=np.float64), s2, alarm, warm, shares)
+
+    def _batch_alarms(self, s2: np.ndarray, run: np.ndarray) -> np.ndarray:
+        # [n] stage-2 scores, [n] ran -> [n] alarms; the threshold's own code, reading by reading, in order
+        if not self.threshold.adaptive:
+            return run & (s2 > self.tau2)
+        threshold = Threshold(self.threshold_spec, self.tau2)
+        alarm = np.zeros(s2.shape, dtype=bool)
+        for i in np.flatnonzero(run):
+            alarm[i] = threshold.exceeded(float(s2[i]))
+        return alarm
 
     def _check_series(self, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=np.float64)
@@ -224,6 +298,7 @@ class Detector:
         return s2, shares
 
     def verdict_at(self, scores: Scores, i: int) -> Score:
-        """Row ``i`` of batch ``scores`` as the Score ``score_one`` would have given."""
+        """Row ``i`` of batch ``scores`` as a Score (its alarm as the batch decided it)."""
         s2 = None if np.isnan(scores.stage2[i]) else float(scores.stage2[i])
-        return self._verdict(float(scores.stage1[i]), s2, scores.shares[i], bool(scores.warmup[i]))
+        contributions = None if s2 is None else {s: round(float(v), 6) for s, v in zip(self.sensors, scores.shares[i])}
+        return Score(float(scores.stage1[i]), s2, bool(scores.is_anomaly[i]), contributions, bool(scores.warmup[i]))

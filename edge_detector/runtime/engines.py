@@ -49,8 +49,8 @@ def tflite_interpreter_class():
         from tflite_runtime.interpreter import Interpreter  # noqa: PLC0415
         return Interpreter
     except ImportError:
-        raise BundleError("engine 'tflite' needs ai-edge-litert or tflite-runtime: "
-                          "pip install 'edge-detector[tflite]'") from None
+        raise BundleError("engine 'tflite' needs LiteRT: pip install ai-edge-litert (or tflite-runtime, for "
+                          "numpy < 2); from this repository, pip install 'edge-detector[tflite]'") from None
 
 
 class TFLiteStage2:
@@ -91,7 +91,8 @@ class OnnxStage1:
         try:
             import onnxruntime as ort  # noqa: PLC0415 (optional, lazy)
         except ImportError:
-            raise BundleError("engine 'onnx' needs onnxruntime: pip install 'edge-detector[onnx]'") from None
+            raise BundleError("engine 'onnx' needs onnxruntime: pip install onnxruntime (from this repository, "
+                              "pip install 'edge-detector[onnx]')") from None
         options = ort.SessionOptions()
         options.log_severity_level = 3                    # errors come back as the exception below
         if threads:
@@ -125,6 +126,17 @@ def engine_available(name: str) -> bool:
     if name == "onnx":
         return importlib.util.find_spec("onnxruntime") is not None
     return False
+
+
+def engine_notice(engine: str) -> str:
+    """What ``auto`` chose and why, in one sentence ('' for the other engines)."""
+    if engine != "auto":
+        return ""
+    stage1, stage2 = stage_engines(engine)
+    missing = [name for name, chosen, wanted in (("onnxruntime", stage1, "onnx"), ("LiteRT", stage2, "tflite"))
+               if chosen != wanted]
+    return "engine auto: stage 1 in %s, stage 2 in %s%s" % (
+        stage1, stage2, " (%s not installed here)" % " and ".join(missing) if missing else "")
 
 
 def stage_engines(engine: str) -> Tuple[str, str]:

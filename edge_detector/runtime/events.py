@@ -19,6 +19,8 @@ def event_record(reading: Reading, score: Score, sensors: Sequence[str], top: in
               "stage1": round(score.stage1, 6),
               "stage2": None if score.stage2 is None else round(score.stage2, 6),
               "is_anomaly": score.is_anomaly, "warmup": score.warmup}
+    if reading.stream is not None:
+        record["stream"] = reading.stream
     if score.contributions is not None:
         ranked = sorted(score.contributions.items(), key=lambda kv: -kv[1])
         record["top_sensors"] = [name for name, _ in ranked[:top]]
@@ -66,11 +68,18 @@ def influx_line(record: dict, time_ns: Optional[int], measurement: str = "edge_d
     return line if time_ns is None else "%s %d" % (line, time_ns)
 
 
+class OutputClosed(Exception):
+    """The reader of the events went away (``detect ... | head``): the stream stops quietly."""
+
+
 def line_sender(stream) -> Callable[[str], None]:
     """``send`` for a text stream: one write per line, newline included (never half a line), then flush."""
     def send(line: str) -> None:
-        stream.write(line + "\n")
-        stream.flush()
+        try:
+            stream.write(line + "\n")
+            stream.flush()
+        except BrokenPipeError:
+            raise OutputClosed() from None
     return send
 
 
@@ -89,7 +98,10 @@ class InfluxWriter(JsonlWriter):
     """Sends each event as one InfluxDB line-protocol point, stamped with the reading's time."""
 
     def write(self, reading: Reading, score: Score) -> None:
-        self.send(influx_line(event_record(reading, score, self.sensors), reading.time_ns))
+        tags = {"stream": reading.stream} if reading.stream is not None else None
+        record = event_record(reading, score, self.sensors)
+        record.pop("stream", None)
+        self.send(influx_line(record, reading.time_ns, tags=tags))
 
 
 def event_writer(output_format: str, send: Callable[[str], None], sensors: Sequence[str]) -> JsonlWriter:

@@ -115,7 +115,8 @@ class FeatureState:
     def reset(self) -> None:
         self.count = 0
 
-    def update(self, reading: np.ndarray) -> np.ndarray:
+    def push(self, reading: np.ndarray) -> np.ndarray:
+        """Take the next reading into the history; returns the history [sensors, history], oldest first."""
         reading = np.asarray(reading, dtype=np.float64)
         if self.count == 0:
             self._hist[:] = reading[:, None]           # same padding as the batch form
@@ -123,6 +124,20 @@ class FeatureState:
             self._hist[:, :-1] = self._hist[:, 1:]
             self._hist[:, -1] = reading
         self.count += 1
-        return _features_from_history(self._hist, self.spec)
+        return self._hist
+
+    def update(self, reading: np.ndarray) -> np.ndarray:
+        """Take the next reading; returns its feature row [features]."""
+        return _features_from_history(self.push(reading), self.spec)
+
+
+def features_of_states(states: Sequence[FeatureState], readings: Sequence[np.ndarray]) -> np.ndarray:
+    """Several streams' next readings -> their feature rows, computed in one pass: [k, features].
+
+    Each row has the bits ``FeatureState.update`` gives alone (the reductions run over the same
+    contiguous [history] rows).
+    """
+    hist = np.stack([st.push(x) for st, x in zip(states, readings)])       # [k, sensors, history]
+    return _features_from_history(hist, states[0].spec)
 
 

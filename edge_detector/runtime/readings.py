@@ -8,6 +8,7 @@ and travels with it as ``time_ns``.
 import csv
 import datetime
 import decimal
+import itertools
 import json
 import re
 from typing import BinaryIO, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -33,6 +34,7 @@ class Layout(NamedTuple):
     sensor_index: List[int]
     timestamp_index: Optional[int]
     label_index: Optional[int]
+    stream_index: Optional[int] = None     # the column that names a reading's machine (--stream-col)
 
 
 class Reading(NamedTuple):
@@ -41,6 +43,7 @@ class Reading(NamedTuple):
     time_ns: Optional[int]         # the timestamp as epoch nanoseconds (naive = UTC); None without one
     values: np.ndarray             # [sensors]; NaN where a value is missing
     label: Optional[float]
+    stream: Optional[str] = None   # the machine it belongs to, when one input carries several
 
 
 class Rejected(NamedTuple):
@@ -49,7 +52,13 @@ class Rejected(NamedTuple):
     reason: str
 
 
-Item = Union[Reading, Rejected]
+class Notice(NamedTuple):
+    """Something about the input worth saying that is not a reading (not counted as read)."""
+    line: int
+    text: str
+
+
+Item = Union[Reading, Rejected, Notice]
 
 
 def sniff_delimiter(header_line: str) -> str:
@@ -58,7 +67,8 @@ def sniff_delimiter(header_line: str) -> str:
 
 
 def parse_header(header_line: str, sensors: Optional[Sequence[str]] = None,
-                 label_col: Optional[str] = None, timestamp_col: Optional[str] = None) -> Layout:
+                 label_col: Optional[str] = None, timestamp_col: Optional[str] = None,
+                 stream_col: Optional[str] = None) -> Layout:
     """Find the columns of a CSV header.
 
     Sensors are the named columns when ``sensors`` is given, else every column that is not
@@ -88,6 +98,7 @@ def parse_header(header_line: str, sensors: Optional[Sequence[str]] = None,
 
     ts = find(timestamp_col, TIMESTAMP_NAMES, "timestamp")
     label = find(label_col, LABEL_NAMES, "label")
+    stream = find(stream_col, (), "stream") if stream_col else None
     if sensors is not None:
         missing = [s for s in sensors if s not in header]
         if missing:
@@ -95,11 +106,11 @@ def parse_header(header_line: str, sensors: Optional[Sequence[str]] = None,
                              % (", ".join(repr(m) for m in missing), ", ".join(header)))
         index = [header.index(s) for s in sensors]
     else:
-        skip = {ts, label} | {i for i, h in enumerate(lower) if h in IGNORED_NAMES}
+        skip = {ts, label, stream} | {i for i, h in enumerate(lower) if h in IGNORED_NAMES}
         index = [i for i in range(len(header)) if i not in skip]
     if not index:
         raise InputError("no sensor columns in the header (%s)" % ", ".join(header))
-    return Layout(delimiter, header, [header[i] for i in index], index, ts, label)
+    return Layout(delimiter, header, [header[i] for i in index], index, ts, label, stream)
 
 
 def _time_in_range(ns: int, text: str) -> int:
@@ -185,10 +196,13 @@ def parse_csv_line(text: str, layout: Layout, line_no: int) -> Reading:
             raise InputError("label column %r: %r is not a number"
                              % (layout.header[layout.label_index], label_text)) from None
     ts = (fields[layout.timestamp_index].strip() if layout.timestamp_index is not None else None) or None
-    return Reading(line_no, ts, timestamp_ns(ts), values, label)
+    stream = fields[layout.stream_index].strip() if layout.stream_index is not None else None
+    if layout.stream_index is not None and not stream:
+        raise InputError("column %r names no stream" % layout.header[layout.stream_index])
+    return Reading(line_no, ts, timestamp_ns(ts), values, label, stream)
 
 
-def parse_json_line(text: str, sensors: Sequence[str], line_no: int) -> Reading:
+def parse_json_line(text: str, sensors: Sequence[str], line_no: int, stream_col: Optional[str] = None) -> Reading:
     """One JSON Lines reading, e.g. {"timestamp": "...", "sensor_1": 51.2, ...} -> Reading.
 
     Every key must be a sensor, a timestamp or a label name; a sensor that is absent or
@@ -206,7 +220,7 @@ def parse_json_line(text: str, sensors: Sequence[str], line_no: int) -> Reading:
         raise InputError("not valid JSON (%s)" % _clip(str(exc), 120)) from None
     if not isinstance(obj, dict):
         raise InputError("a JSON reading must be an object, got %s" % type(obj).__name__)
-    known = set(sensors) | set(TIMESTAMP_NAMES) | set(LABEL_NAMES) | set(IGNORED_NAMES)
+    known = set(sensors) | set(TIMESTAMP_NAMES) | set(LABEL_NAMES) | set(IGNORED_NAMES) | {stream_col}
     unknown = sorted(k for k in obj if k not in known)
     if unknown:
         raise InputError("unknown column %s (sensors: %s)" % (", ".join(repr(k) for k in unknown), ", ".join(sensors)))
@@ -227,7 +241,13 @@ def parse_json_line(text: str, sensors: Sequence[str], line_no: int) -> Reading:
     if ts is not None and not isinstance(ts, (str, int, float)) or isinstance(ts, bool):
         raise InputError("the timestamp must be a string or a number, got %s" % type(ts).__name__)
     ts = None if ts is None else str(ts)
-    return Reading(line_no, ts, timestamp_ns(ts), values, label)
+    stream = None
+    if stream_col is not None:
+        stream = obj.get(stream_col)
+        if not isinstance(stream, (str, int)) or isinstance(stream, bool) or str(stream) == "":
+            raise InputError("key %r must name the reading's stream (a string or an integer)" % stream_col)
+        stream = str(stream)
+    return Reading(line_no, ts, timestamp_ns(ts), values, label, stream)
 
 
 def json_depth(text: str) -> int:
@@ -282,13 +302,6 @@ def byte_lines(stream: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes]
         yield line
 
 
-def _parsed(parse, text: str, line_no: int, *args) -> Item:
-    try:
-        return parse(text, *args, line_no)
-    except InputError as exc:
-        return Rejected(line_no, str(exc))
-
-
 def open_csv(lines: Iterable[str], sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,
              timestamp_col: Optional[str] = None, header_line: int = 1) -> Tuple[Layout, Iterator[Item]]:
     """Read the header of a CSV file's lines; return its layout and a lazy iterator of Reading or Rejected.
@@ -312,21 +325,24 @@ def _csv_items(lines: Iterable[Union[bytes, str]], layout: Layout, first: int) -
             yield Rejected(n, str(exc))
 
 
-def _json_items(lines: Iterable[Union[bytes, str]], sensors: Sequence[str], first: int) -> Iterator[Item]:
+def _json_items(lines: Iterable[Union[bytes, str]], sensors: Sequence[str], first: int,
+                stream_col: Optional[str]) -> Iterator[Item]:
     for n, line in enumerate(lines, start=first):
         try:
-            yield parse_json_line(decode_line(line), sensors, n)
+            yield parse_json_line(decode_line(line), sensors, n, stream_col)
         except InputError as exc:
             yield Rejected(n, str(exc))
 
 
-def read_lines(lines: Iterable[Union[bytes, str]], sensors: Sequence[str]) -> Iterator[Item]:
+def read_lines(lines: Iterable[Union[bytes, str]], sensors: Sequence[str],
+               stream_col: Optional[str] = None) -> Iterator[Item]:
     """CSV (with a header) or JSON Lines -> Reading or Rejected, one per line but the header.
 
     The first line that is a JSON object sets JSON Lines; the first that is a CSV header naming
     every sensor sets CSV. Lines before it (empty, unreadable, or a header without the sensors,
     say the tail of a file cut mid-line) are each rejected with the reason, and the search goes on,
-    so no line can stop the stream. Lines may be bytes (decoded here) or text.
+    so no line can stop the stream. Lines may be bytes (decoded here) or text. ``stream_col`` names
+    the column (or JSON key) that says which machine each reading belongs to.
     """
     it = iter(lines)
     for n, line in enumerate(it, start=1):
@@ -338,14 +354,39 @@ def read_lines(lines: Iterable[Union[bytes, str]], sensors: Sequence[str]) -> It
         if not text.strip():
             yield Rejected(n, "empty line")
         elif text.lstrip().startswith("{"):
-            yield _parsed(parse_json_line, text, n, sensors)
-            yield from _json_items(it, sensors, n + 1)
+            yield from _json_items(itertools.chain([text], it), sensors, n, stream_col)
             return
         else:
             try:
-                layout = parse_header(text, sensors)
+                layout = parse_header(text, sensors, stream_col=stream_col)
             except InputError as exc:
-                yield Rejected(n, "not a CSV header naming the sensors, nor a JSON reading (%s)" % exc)
+                yield Rejected(n, "not a CSV header naming the sensors, nor a JSON reading (%s)%s"
+                               % (exc, _looks_like_data(text, sensors)))
                 continue
+            ignored = ignored_columns(layout)
+            if ignored:
+                yield Notice(n, "columns ignored (not sensors of this bundle): %s" % ", ".join(ignored))
             yield from _csv_items(it, layout, n + 1)
             return
+
+
+def ignored_columns(layout: Layout) -> List[str]:
+    """Header columns that are neither a sensor, the timestamp, the label, nor a known annotation column."""
+    used = set(layout.sensor_index) | {layout.timestamp_index, layout.label_index, layout.stream_index}
+    return [h for i, h in enumerate(layout.header) if i not in used and h.lower() not in IGNORED_NAMES]
+
+
+def _looks_like_data(text: str, sensors: Sequence[str]) -> str:
+    # a hint for a file without a header: its first line is quoted as "the header" otherwise
+    fields = text.replace(";", ",").split(",")
+    numeric = 0
+    for f in fields:
+        try:
+            float(f)
+            numeric += 1
+        except ValueError:
+            pass
+    if fields and numeric >= len(fields) / 2:
+        return (": it looks like a row of data; the CSV needs a header line naming the sensors (%s)"
+                % ", ".join(sensors))
+    return ""

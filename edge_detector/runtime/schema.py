@@ -126,12 +126,53 @@ def check_files(m: dict) -> None:
         raise _fail("files", "an object of up to %d plain file names -> sha256 hex digests" % MAX_FILES, files)
 
 
+def check_adaptive(m: dict) -> None:
+    t = m.get("threshold")
+    if t is None:
+        return
+    if not isinstance(t, dict) or t.get("kind", "static") not in ("static", "adaptive"):
+        raise _fail("threshold", "an object whose kind is static or adaptive", t)
+    if "quantile" in t and not 0 < _float("threshold.quantile", t["quantile"]) <= 1:
+        raise _fail("threshold.quantile", "in (0, 1]", t["quantile"])
+    if "history" in t:
+        _int(t, "threshold.history", 1, 10000, t["history"])
+    if "margin" in t:
+        _float("threshold.margin", t["margin"], positive=True)
+    initial = t.get("initial", [])
+    if not isinstance(initial, list) or len(initial) > 10000:
+        raise _fail("threshold.initial", "a list of at most 10000 finite numbers", initial)
+    for v in initial:
+        _float("threshold.initial", v)
+
+
+VARIANTS = ("float16", "dynamic", "int8")
+
+
+def check_variants(m: dict) -> None:
+    variants = m.get("variants")
+    if variants is None:
+        return
+    if not isinstance(variants, dict) or not set(variants) <= set(VARIANTS):
+        raise _fail("variants", "an object keyed by %s" % ", ".join(VARIANTS), variants)
+    for name, v in variants.items():
+        if not isinstance(v, dict):
+            raise _fail("variants." + name, "an object", v)
+        if "file" not in v:                       # a variant that did not convert: its reason only
+            continue
+        if v["file"] not in (m.get("files") or {}):
+            raise _fail("variants.%s.file" % name, "a file the manifest lists", v["file"])
+        _float("variants.%s.tau2" % name, v.get("tau2"))
+        check_adaptive({"threshold": v.get("threshold")})
+
+
 def check_manifest(m: dict) -> None:
     """Refuse a manifest whose fields are missing, of the wrong type, or out of bounds."""
     n_sensors = check_sensors(m)
     check_features(m)
     check_stage2(m, n_sensors)
     check_thresholds(m)
+    check_adaptive(m)
+    check_variants(m)
     check_files(m)
     if "bundle_version" in m:
         _int(m, "bundle_version", 0, 2 ** 63 - 1)

@@ -8,6 +8,7 @@ read = scored + rejected, always. Time follows ``clock.Clock``'s rule. SIGTERM a
 """
 import contextlib
 import json
+import os
 import signal
 import sys
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
@@ -17,8 +18,9 @@ import numpy as np
 from .clock import DEFAULT_GAP_FACTOR, DEFAULT_MAX_JUMP_S, Clock
 from .detector import Detector
 from .errors import InputError, check_choice
-from .events import event_writer, line_sender
-from .readings import Item, Reading, Rejected, byte_lines, read_lines
+from .events import OutputClosed, event_writer, line_sender
+from .engines import engine_notice
+from .readings import Item, Notice, Reading, Rejected, byte_lines, read_lines
 from .trust import Trust
 
 MISSING_POLICIES = ("reject", "hold-last", "interpolate")
@@ -29,6 +31,7 @@ class StreamPolicy(NamedTuple):
     gap_factor: float = DEFAULT_GAP_FACTOR    # a gap over this many median intervals resets the state; 0 = never
     max_pending: int = 100                    # interpolate: readings held back waiting for the next value
     max_jump: float = DEFAULT_MAX_JUMP_S      # seconds a reading's time may jump ahead of the last one; 0 = any
+    max_streams: int = 1024                   # --stream-col: machines kept apart; a reading of one more is rejected
 
 
 class _Shutdown(Exception):
@@ -67,6 +70,7 @@ class StreamScorer:
         self._pending: List[Reading] = []          # interpolate: readings waiting for a later value
         self._waiting = False                      # blocked on input (a signal may stop at once)
         self.stopping = False                      # set by a signal: finish this line, then stop
+        self.output_closed = False                 # the events' reader went away: stop, write nothing more
 
     def _note(self, record: dict) -> None:
         self.err.write(json.dumps(record) + "\n")   # one write per line: never half a line
@@ -92,7 +96,10 @@ class StreamScorer:
         self._note({"line": reading.line, "notice": notice})
 
     def feed(self, item: Item) -> None:
-        """Score or reject one item of the stream."""
+        """Score or reject one item of the stream (a notice is only written)."""
+        if isinstance(item, Notice):
+            self._note({"line": item.line, "notice": item.text})
+            return
         self.stats["read"] += 1
         if isinstance(item, Rejected):
             self.reject(item.line, item.reason)
@@ -158,11 +165,19 @@ class StreamScorer:
                 self.feed(item)
         except _Shutdown:
             pass
+        except OutputClosed:
+            self.output_closed = True
+            return self.counts()
         self.flush_pending()
-        if not self.stats["scored"]:
+        counts = self.counts()
+        if not counts["scored"]:
             self._note({"notice": "no reading was scored: " + ("every line was rejected (see above)"
-                                                               if self.stats["read"] else "the input held no readings")})
-        return self.stats
+                                                               if counts["read"] else "the input held no readings")})
+        return counts
+
+    def counts(self) -> Dict[str, int]:
+        """The stream's counts: read = scored + rejected."""
+        return dict(self.stats)
 
     def handle_signal(self, signum, frame) -> None:
         """Signal handler: between lines, stop at once; inside a line, finish it first."""
@@ -171,23 +186,83 @@ class StreamScorer:
             raise _Shutdown()
 
 
+MAX_STREAM_KEY = 128   # characters in a stream key
+
+
+class StreamRouter(StreamScorer):
+    """One input that carries several machines' readings: each stream key (``Reading.stream``) gets its own
+    StreamScorer, with its own clock, missing-value state and detector state (``Detector.fork``: the same
+    model), so each machine's events equal those of a ``detect`` on its readings alone. Lines that are no
+    reading of any stream, a key over 128 characters, and a new key beyond ``policy.max_streams`` are
+    rejected here (a hostile input cannot make it keep unbounded state). The counts add up over all,
+    plus "streams"."""
+
+    def __init__(self, detector: Detector, writer, err, alarms_only: bool = False,
+                 policy: StreamPolicy = StreamPolicy()):
+        super().__init__(detector, writer, err, alarms_only, policy)
+        self.routes: Dict[str, StreamScorer] = {}
+
+    def route(self, key: str) -> Optional[StreamScorer]:
+        """The key's scorer (made on its first reading), or None when no more streams may be kept."""
+        if key not in self.routes and len(self.routes) < self.policy.max_streams:
+            self.routes[key] = StreamScorer(self.detector.fork(), self.writer, self.err, self.alarms_only, self.policy)
+        return self.routes.get(key)
+
+    def feed(self, item: Item) -> None:
+        if not isinstance(item, Reading) or item.stream is None:
+            super().feed(item)
+            return
+        if len(item.stream) > MAX_STREAM_KEY:
+            self.refuse(item, "stream key of %d characters is over the %d-character limit"
+                        % (len(item.stream), MAX_STREAM_KEY))
+            return
+        scorer = self.route(item.stream)
+        if scorer is None:
+            self.refuse(item, "stream %r would be stream %d, over the limit of %d streams"
+                        % (item.stream, len(self.routes) + 1, self.policy.max_streams))
+            return
+        scorer.feed(item)             # counted by the stream's own scorer
+
+    def refuse(self, reading: Reading, reason: str) -> None:
+        """A reading that no stream takes: read here, and rejected."""
+        self.stats["read"] += 1
+        self.reject(reading.line, reason)
+
+    def flush_pending(self) -> None:
+        for scorer in self.routes.values():
+            scorer.flush_pending()
+
+    def counts(self) -> Dict[str, int]:
+        """The counts over every stream, plus "streams" (how many machines were seen)."""
+        out = dict(self.stats)
+        for scorer in self.routes.values():
+            for k, v in scorer.stats.items():
+                out[k] += v
+        out["streams"] = len(self.routes)
+        return out
+
+
 def run_stream(detector: Detector, lines: Iterable, out, err, alarms_only: bool = False,
                policy: StreamPolicy = StreamPolicy(), stop_on_signals: bool = False,
-               output_format: str = "jsonl") -> Dict[str, int]:
+               output_format: str = "jsonl", stream_col: Optional[str] = None) -> Dict[str, int]:
     """Score a CSV or JSON Lines stream; events to ``out``, rejected lines to ``err``; returns the counts.
 
-    ``lines`` are bytes (as ``byte_lines`` reads them) or text.
+    ``lines`` are bytes (as ``byte_lines`` reads them) or text. ``stream_col`` names the column (or
+    JSON key) that tells several machines' readings apart: each gets its own state (``StreamRouter``),
+    and its events carry the key as "stream".
     ``output_format`` is ``jsonl`` (one JSON event per line) or ``influx`` (line protocol).
     With ``stop_on_signals``, SIGTERM and SIGINT end the stream cleanly: the current line is
     finished and flushed, and the counts come back as usual.
     """
     writer = event_writer(output_format, line_sender(out), detector.sensors)
-    scorer = StreamScorer(detector, writer, err, alarms_only, policy)
-    items = read_lines(lines, detector.sensors)
-    if not stop_on_signals:
-        return scorer.run(items)
-    with stop_signals(scorer.handle_signal):
-        return scorer.run(items)
+    scorer = (StreamRouter if stream_col else StreamScorer)(detector, writer, err, alarms_only, policy)
+    items = read_lines(lines, detector.sensors, stream_col)
+    with stop_signals(scorer.handle_signal) if stop_on_signals else contextlib.nullcontext():
+        stats = scorer.run(items)
+    if scorer.output_closed and out is sys.stdout:
+        # nothing more can reach the reader; keep the interpreter's last flush from complaining
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return stats
 
 
 @contextlib.contextmanager
@@ -195,9 +270,17 @@ def _open_input(path: str):
     # "-" is stdin; read as bytes and decoded line by line, so no byte can stop the stream
     if path == "-":
         yield byte_lines(sys.stdin.buffer)
-    else:
-        with open(path, "rb") as fh:
-            yield byte_lines(fh)
+        return
+    if os.path.isdir(path):
+        raise InputError("input %r is a folder, not a file of readings" % path)
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        raise InputError("input %r: no such file" % path) from None
+    except OSError as exc:
+        raise InputError("input %r cannot be read (%s)" % (path, exc.strerror or exc)) from None
+    with fh:
+        yield byte_lines(fh)
 
 
 @contextlib.contextmanager
@@ -211,15 +294,20 @@ def _open_output(path: str):
 
 def detect(bundle: str, source: str = "-", out: str = "-", err=None, engine: str = "numpy", mode: str = "hybrid",
            alarms_only: bool = False, policy: StreamPolicy = StreamPolicy(),
-           output_format: str = "jsonl", trust: Optional[Trust] = None) -> Dict[str, int]:
+           output_format: str = "jsonl", trust: Optional[Trust] = None, variant: Optional[str] = None,
+           stream_col: Optional[str] = None) -> Dict[str, int]:
     """Load ``bundle`` and score the readings in ``source`` (a path, or "-" for stdin); returns the counts.
 
     Events go to ``out`` (a path, or "-" for stdout), rejected lines and notices to ``err``
-    (default: stderr). SIGTERM and SIGINT end it cleanly. With ``trust`` the bundle must be signed
-    by a trusted key and not older than the last one accepted. Raises BundleError for a bundle
-    that does not verify, OSError for a path it cannot open; no input line can raise.
+    (default: stderr). SIGTERM and SIGINT end it cleanly, and so does a reader of the events that
+    goes away (``| head``). With ``trust`` the bundle must be signed by a trusted key and not older
+    than the last one accepted. Raises BundleError for a bundle that does not verify, InputError
+    for an input path that cannot be read, OSError for an output path that cannot be written; no
+    input line can raise.
     """
-    detector = Detector.load(bundle, engine=engine, mode=mode, trust=trust)
+    detector = Detector.load(bundle, engine=engine, mode=mode, trust=trust, variant=variant)
     err = err if err is not None else sys.stderr
+    if engine_notice(engine):
+        err.write(json.dumps({"notice": engine_notice(engine)}) + "\n")
     with _open_input(source) as src, _open_output(out) as dst:
-        return run_stream(detector, src, dst, err, alarms_only, policy, True, output_format)
+        return run_stream(detector, src, dst, err, alarms_only, policy, True, output_format, stream_col)
