@@ -50,7 +50,8 @@ import nab_scoring as ns  # noqa: E402  (beside this script)
 
 PRESET = "trend"
 SETTINGS = {"threshold": "adaptive", "tau2_margin": 1.65, "adaptive_quantile": 0.95, "adaptive_history": 200}
-DETECTORS = ("ARTime", "numenta", "contextOSE", "randomCutForest", "knncad", "relativeEntropy", "earthgeckoSkyline")
+DETECTORS = ("ARTime", "numentaTM", "numenta", "htmjava", "contextOSE", "randomCutForest", "knncad", "relativeEntropy",
+             "earthgeckoSkyline")
 
 
 def data_files(data_dir: str) -> List[str]:

@@ -330,11 +330,15 @@ def evaluate(bundle, data, sensors, label_col, timestamp_col, model_dir, test_fr
 @click.option("--markdown", "md_out", default=None, type=click.Path(dir_okay=False), help="Write the tables as Markdown.")
 @click.option("--plots", "plots_dir", default=None, type=click.Path(file_okay=False),
               help="Write latency.png and accuracy_latency.png here.")
+@click.option("--test-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="The last fraction of rows is the test part (latency of whole streams, accuracy against the "
+              "originals); the rows before it prime the windows.")
 @click.option("--compare", "device_json", default=None, type=click.Path(dir_okay=False),
               help="A device bench's JSON (python3 -m runtime bench ... --json device.json on the gateway): runs "
                    "the same device bench here and prints both side by side.")
+@verbose_option
 def bench(bundle, data, engines, model_dir, threads, runs, warmup, max_seconds, json_out, md_out, plots_dir,
-          device_json):
+          test_fraction, device_json, verbose):
     """Latency, memory, size and accuracy of every engine against the original models, in one run.
 
     Stage 1 (one reading), stage 2 (one window; batches of 1, 32, 256) and the whole stream
@@ -359,8 +363,8 @@ def bench(bundle, data, engines, model_dir, threads, runs, warmup, max_seconds, 
         model_dir = sibling if os.path.isfile(os.path.join(sibling, "model.json")) else None
     with reported(BundleError, InputError):
         report = run_bench(bundle, data, engines=_names(engines), threads=threads, runs=runs, model_dir=model_dir,
-                           progress=_echo_err, warmup=warmup, max_seconds=max_seconds,
-                           command=" ".join(["edge-detector"] + sys.argv[1:]))
+                           progress=_echo_err, warmup=warmup, max_seconds=max_seconds, test_fraction=test_fraction,
+                           command=" ".join(["edge-detector"] + sys.argv[1:]), verbose=verbose)
         if device_json:
             from edge_detector.bench.compare import compare_with_device, load_device_report  # noqa: PLC0415
             _echo_err("device bench here, with the settings of %s" % device_json)

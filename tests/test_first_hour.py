@@ -50,6 +50,19 @@ def test_train_and_export_print_no_tensorflow_noise_and_one_bar(synthetic, tmp_p
     assert verbose.returncode == 0 and "val_loss:" in verbose.stdout + verbose.stderr        # Keras' epoch line
 
 
+@pytest.mark.slow
+def test_bench_against_the_originals_prints_no_tensorflow_noise(trained, synthetic, tmp_path):
+    """bench loads Keras in this process (the originals) and converts nothing, yet TensorFlow's C++ log
+    (I0000 oneDNN, E0000 cuInit) reached stderr before it was held back like train's and export's."""
+    model, bundle = trained
+    _, csv_path = synthetic
+    proc = cli_run("bench", bundle, csv_path, "--model", model, "--engines", "numpy,original", "--runs", 3,
+                   "--warmup", 0, "--max-seconds", 0.2, "--json", tmp_path / "bench.json")
+    assert proc.returncode == 0, proc.stderr
+    assert not [n for n in NOISE if n in proc.stdout + proc.stderr], proc.stderr
+    assert json.loads((tmp_path / "bench.json").read_text())["accuracy"]["reference"] == "original"
+
+
 # ------------------------------------------------------------------ the gateway's command line
 
 @pytest.mark.slow

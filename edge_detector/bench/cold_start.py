@@ -24,31 +24,19 @@ from typing import Dict, Optional
 # --------------------------------------------------------------------------------------
 
 
-def peak_rss() -> int:
-    """This process's peak RSS in bytes: VmHWM on Linux, else ``ru_maxrss``.
-
-    Linux keeps the parent's high-water mark in ru_maxrss across fork + exec, so a child of a
-    big parent would report the parent's peak: read this process image's own VmHWM instead.
-    """
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return ru_maxrss()
+def _load_rss():
+    # The runtime's stdlib-only rss.py, loaded by path: importing it as edge_detector.runtime.rss would run
+    # the runtime package's __init__ (and NumPy) before the child's first RSS reading.
+    import importlib.util  # noqa: PLC0415
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runtime", "rss.py")
+    spec = importlib.util.spec_from_file_location("_edge_detector_runtime_rss", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def ru_maxrss() -> int:
-    """``getrusage(RUSAGE_SELF).ru_maxrss`` in bytes (kilobytes on Linux, bytes on macOS)."""
-    import resource  # noqa: PLC0415 (Unix only)
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(r) if sys.platform == "darwin" else int(r) * 1024
-
-
-def rss_source() -> str:
-    return "VmHWM" if os.path.exists("/proc/self/status") else "ru_maxrss"
+_rss = _load_rss()
+peak_rss, ru_maxrss, rss_source = _rss.peak_rss, _rss.ru_maxrss, _rss.rss_source
 
 
 def import_engine(engine: str, threads: int) -> dict:

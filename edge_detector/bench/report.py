@@ -96,7 +96,7 @@ def _goals_table(report: dict) -> Table:
     rows = []
     for name, g in report["goals"].items():
         rows.append([name, _f(g["value"], "%.4g"), "%s %g" % (g["op"], g["goal"]),
-                     {True: "met", False: "MISSED", None: "n/a"}[g["met"]]])
+                     g.get("retired") or {True: "met", False: "MISSED", None: "n/a"}[g["met"]]])
     return ("Speed goals (NumPy engine, ratios from this run)", ["goal", "ratio", "target", "result"], rows)
 
 
@@ -114,14 +114,28 @@ def _tables(report: dict) -> List[Table]:
     return out
 
 
+LONG_TEXT = 16       # a last-column cell longer than this (a reason, not a figure) runs past the table's edge
+
+
+def _widths(head: List[str], rows: List[List[str]]) -> List[int]:
+    """Each column's width: its widest cell, but a long text in the last column does not widen it."""
+    last = len(head) - 1
+    return [max([len(h)] + [len(r[i]) for r in rows if i < last or len(r[i]) <= LONG_TEXT]) for i, h in enumerate(head)]
+
+
+def _cell(text: str, i: int, width: int) -> str:
+    """Names (the first two columns) and texts wider than their column left-aligned, figures right-aligned."""
+    return text.ljust(width) if i <= 1 or len(text) > width else text.rjust(width)
+
+
 def format_table(report: dict) -> str:
     """The report as fixed-width text tables: a heading line, every table, then the notes."""
     parts = ["edge-detector bench: %s on %s (%d test readings from row %d), threads=%s, %s"
              % (report["bundle"], os.path.basename(report["data"]), report["data_info"]["test_rows"],
                 report["data_info"]["test_start"], report["settings"]["threads"], report["machine"]["cpu"])]
     for title, head, rows in _tables(report):
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-        line = lambda cells, widths=widths: "  ".join(c.rjust(w) if i > 1 else c.ljust(w)  # noqa: E731
+        widths = _widths(head, rows)
+        line = lambda cells, widths=widths: "  ".join(_cell(c, i, w)  # noqa: E731
                                                       for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
         parts += ["", title, line(head), "-" * len(line(head))] + [line(r) for r in rows]
     for note in report.get("notes") or []:

@@ -11,6 +11,7 @@ import numpy as np
 
 from edge_detector.export.metrics import f1_score, rel_error, split_start
 from edge_detector.export.progress import Progress, log
+from edge_detector.export.tf_setup import quiet_native_log
 from edge_detector.export.train import IFOREST_FILE, KERAS_FILE
 from edge_detector.runtime import (ONNX_FILE, TFLITE_FILE, WEIGHTS, Detector, batch_features, engine_available,
                                    load_manifest, prepare_windows, windows_at)
@@ -235,7 +236,7 @@ def run_bench(bundle: str, data_csv: str, engines: Sequence[str] = BENCH_ENGINES
               warmup: int = 5, max_seconds: Optional[float] = 10.0, batch_sizes: Sequence[int] = BATCH_SIZES,
               test_fraction: float = 0.2, stream_limit: Optional[int] = None,
               original_stream_limit: int = ORIGINAL_STREAM_LIMIT, cold_start_runs: int = 1,
-              command: Optional[str] = None) -> dict:
+              command: Optional[str] = None, verbose: bool = False) -> dict:
     """Benchmark the engines of ``bundle`` on ``data_csv``; return a JSON-serialisable report.
 
     Parameters beyond the first six: ``warmup`` untimed runs after the first inference;
@@ -244,7 +245,8 @@ def run_bench(bundle: str, data_csv: str, engines: Sequence[str] = BENCH_ENGINES
     the streams, the accuracy and the inputs come from; ``stream_limit`` caps the readings
     timed per stream (None: the whole test part), and the originals stream at most
     ``original_stream_limit`` readings (Keras ``predict`` per reading is slow); ``cold_start_runs``
-    fresh subprocesses per engine (the median is reported).
+    fresh subprocesses per engine (the median is reported); ``verbose`` shows TensorFlow's own C++
+    log, which is held back otherwise (``quiet_native_log``).
 
     The report (all times in ms unless the key ends in ``_s``; sizes and RSS in bytes)::
 
@@ -270,7 +272,8 @@ def run_bench(bundle: str, data_csv: str, engines: Sequence[str] = BENCH_ENGINES
         variants: null | {reference: "original" | "tflite", left_out{variant: reason},
             rows{float32 | float16 | dynamic | int8: {bytes, tau2, threshold, stage2_b1: M, agreement,
                 stage2_share, f1, f1_reference, f1_diff}}},
-        goals{name: {description, value, goal, op, met, numerator, denominator}},
+        goals{name: {description, value, goal, op, met, numerator, denominator, retired (why a goal is no
+            longer judged, or null)}},
         device_comparison (only with the CLI's --compare): {here: D, device: D}, D being the device
             bench's report (runtime.bench: schema, machine, emulated, engines{engine: {cold_start,
             hybrid, lstm, streams}}, peak_rss_bytes)
@@ -283,27 +286,28 @@ def run_bench(bundle: str, data_csv: str, engines: Sequence[str] = BENCH_ENGINES
     data has no labels.
     """
     t_begin = time.perf_counter()
-    engines = checked_engines(engines)
-    s = Settings(int(threads or 0), runs, warmup, max_seconds, sorted({int(b) for b in batch_sizes}), stream_limit,
-                 original_stream_limit)
-    inputs = load_inputs(bundle, data_csv, test_fraction)
-    ready = runnable_engines(engines, inputs.manifest, model_dir, s.threads)
-    report = report_header(bundle, data_csv, model_dir, command, engines, s, test_fraction, inputs, ready)
-    total = 2 * len(ready.active) + 1
-    say = _numbered(progress, total)
+    with quiet_native_log(verbose):
+        engines = checked_engines(engines)
+        s = Settings(int(threads or 0), runs, warmup, max_seconds, sorted({int(b) for b in batch_sizes}), stream_limit,
+                     original_stream_limit)
+        inputs = load_inputs(bundle, data_csv, test_fraction)
+        ready = runnable_engines(engines, inputs.manifest, model_dir, s.threads)
+        report = report_header(bundle, data_csv, model_dir, command, engines, s, test_fraction, inputs, ready)
+        total = 2 * len(ready.active) + 1
+        say = _numbered(progress, total)
 
-    report["python_baseline"] = cold_start("baseline", bundle, inputs.first_window, s.threads)
-    report["engines"] = engine_entries(ready.active, inputs, s.threads, model_dir, cold_start_runs, ready.notes, say)
-    runs_by_engine, numpy_blas = measure_engines(ready.active, inputs, s, ready.originals, say, progress)
-    _fill_measurements(report, runs_by_engine)
-    report["threads"] = dict(thread_settings(s.threads, ready.tf_note, "original" in ready.active),
-                             numpy_blas=numpy_blas)
-    _fill_accuracy(report, runs_by_engine, inputs, ready)
-    with ThreadLimits(s.threads):
-        report["variants"] = measure_variants(inputs, s, runs_by_engine, progress)
-    if inputs.n_trees is not None and inputs.n_trees != 100:
-        ready.notes.append("the forest has %d trees; the stage-1 goals are stated for 100" % inputs.n_trees)
-    report["goals"] = compute_goals(report)
-    report["elapsed_s"] = time.perf_counter() - t_begin
-    log(progress, "[%d/%d] done in %.0fs" % (total, total, report["elapsed_s"]))
+        report["python_baseline"] = cold_start("baseline", bundle, inputs.first_window, s.threads)
+        report["engines"] = engine_entries(ready.active, inputs, s.threads, model_dir, cold_start_runs, ready.notes, say)
+        runs_by_engine, numpy_blas = measure_engines(ready.active, inputs, s, ready.originals, say, progress)
+        _fill_measurements(report, runs_by_engine)
+        report["threads"] = dict(thread_settings(s.threads, ready.tf_note, "original" in ready.active),
+                                 numpy_blas=numpy_blas)
+        _fill_accuracy(report, runs_by_engine, inputs, ready)
+        with ThreadLimits(s.threads):
+            report["variants"] = measure_variants(inputs, s, runs_by_engine, progress)
+        if inputs.n_trees is not None and inputs.n_trees != 100:
+            ready.notes.append("the forest has %d trees; the stage-1 goals are stated for 100" % inputs.n_trees)
+        report["goals"] = compute_goals(report)
+        report["elapsed_s"] = time.perf_counter() - t_begin
+        log(progress, "[%d/%d] done in %.0fs" % (total, total, report["elapsed_s"]))
     return clean(report)

@@ -24,6 +24,7 @@ from .engines import engine_available
 from .multistream import MultiDetector
 from .errors import BundleError, InputError
 from .readings import Reading, byte_lines, read_lines
+from .rss import peak_rss
 
 SCHEMA = "edge-detector-device-bench/1"
 STREAMS = (1, 4, 16, 64, 256)
@@ -42,23 +43,6 @@ def readings_of(path: str, sensors: Sequence[str]) -> np.ndarray:
     if not rows:
         raise InputError("%s holds no complete reading of the sensors %s" % (path, ", ".join(sensors)))
     return np.stack(rows)
-
-
-def peak_rss_bytes() -> Optional[int]:
-    """This process's peak RSS (VmHWM), or None where /proc is missing.
-
-    ``edge_detector.bench.cold_start.peak_rss`` reads the same line on purpose: its child must
-    measure an interpreter that has imported nothing (importing this module loads NumPy), and the
-    shipped runtime cannot import the workstation's bench.
-    """
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def stats_ms(seconds: Sequence[float]) -> Dict[str, float]:
@@ -86,7 +70,7 @@ t2 = time.perf_counter()
 for row in np.asarray({rows!r}):
     det.score_one(row)
 t3 = time.perf_counter()
-peak = importlib.import_module({package!r} + ".bench").peak_rss_bytes()
+peak = importlib.import_module({package!r} + ".rss").peak_rss()
 print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1, "first_scores_s": t3 - t2, "rss_bytes": peak}}))
 """
 
@@ -197,7 +181,7 @@ def run_device_bench(bundle: str, data: str, engines: Optional[Sequence[str]] = 
             entry[mode] = per_reading(Detector.load(bundle, engine=engine, mode=mode), values, readings)
         entry["streams"] = stream_curve(Detector.load(bundle, engine=engine, mode=curve_mode), values, streams, ticks)
         report["engines"][engine] = entry
-    report["peak_rss_bytes"] = peak_rss_bytes()
+    report["peak_rss_bytes"] = peak_rss()
     return report
 
 
