@@ -15,7 +15,7 @@ from edge_detector import __version__
 from edge_detector.export.train import PRESETS   # numpy and the runtime only; TensorFlow loads inside train()
 from edge_detector.runtime import (
     DEFAULT_GAP_FACTOR, DEFAULT_MAX_JUMP_S, ENGINE_CHOICES, MISSING_POLICIES, MODES, OUTPUT_FORMATS, BundleError,
-    Detector, InputError, StreamPolicy,
+    InputError, StreamPolicy,
 )
 from edge_detector.runtime.trust import load_trust
 
@@ -69,6 +69,10 @@ trust_options = [
                  help="Where the versions accepted are recorded (default: $STATE_DIRECTORY, else "
                  "~/.local/state/edge-detector)."),
 ]
+watch_option = click.option("--watch", is_flag=True,
+                            help="Also reload the bundle when its folder or manifest.json changes (a new folder "
+                            "renamed into place, a manifest rewritten), checked about once a second; SIGHUP always "
+                            "reloads it. A bundle that does not verify is refused, and the old one keeps scoring.")
 time_options = [
     click.option("--gap-factor", default=DEFAULT_GAP_FACTOR, show_default=True,
                  help="A gap longer than this many median intervals resets the window state (0: never)."),
@@ -104,8 +108,9 @@ def with_options(options):
 def cli():
     """Two-stage IoT sensor anomaly detection: train on a workstation, run on a gateway.
 
-    Workstation: generate -> train -> export -> package. Gateway: detect, mqtt (or the packaged
-    runtime alone: python3 -m runtime). Both: evaluate, bench, demo.
+    Workstation: generate -> train -> export -> package, and fleet (one model per machine).
+    Gateway: detect, mqtt (or the packaged runtime alone: python3 -m runtime). Both: evaluate,
+    bench, demo.
     """
 
 
@@ -238,8 +243,9 @@ def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col, sign_key
               help="jsonl: one JSON event per line; influx: InfluxDB line protocol, one line per event "
                    "(for Telegraf's inputs.execd).")
 @with_options(trust_options)
+@watch_option
 def detect(bundle, input, engine, variant, mode, out, alarms_only, missing, gap_factor, max_jump, stream_col, stats,
-           output_format, trusted_keys, state_dir):
+           output_format, trusted_keys, state_dir, watch):
     """Score CSV or JSON Lines readings; write one JSON event per reading (JSON Lines).
 
     Reads the CSV layout `train` reads (timestamp and label columns are recognised and not
@@ -267,6 +273,12 @@ def detect(bundle, input, engine, variant, mode, out, alarms_only, missing, gap_
     (own window, clock and missing-value state), and --stats adds "streams". A new key beyond
     1024 streams, or one over 128 characters, is rejected.
 
+    A new model while running: SIGHUP (and with --watch a change of the bundle folder or its
+    manifest.json, checked about once a second) loads the bundle again, verified as at the start
+    (same engine, mode, variant, trusted keys and version ledger), and swaps it in between two
+    readings: nothing is lost or scored twice, and the new model's warm-up is said on stderr. A
+    bundle that does not verify is refused with a notice, and the old one keeps scoring.
+
     Examples:
 
     \b
@@ -278,7 +290,7 @@ def detect(bundle, input, engine, variant, mode, out, alarms_only, missing, gap_
     with reported(BundleError, InputError, OSError):
         counts = score_stream(bundle, input, out, sys.stderr, engine=engine, mode=mode, alarms_only=alarms_only,
                               policy=policy, output_format=output_format, trust=load_trust(trusted_keys, state_dir),
-                              variant=variant, stream_col=stream_col)
+                              variant=variant, stream_col=stream_col, watch=watch)
     if stats:
         _echo_err(json.dumps({"stats": counts}))
 
@@ -437,10 +449,11 @@ def package(bundle, out, sign_key):
               help="Keep the broker session across restarts (needs --client-id): readings sent while the bridge "
                    "is down wait at the broker, and each is acknowledged only once scored.")
 @with_options(trust_options)
+@watch_option
 def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format, engine, variant, mode, missing,
          gap_factor,
          max_jump, client_id, username, password_file, tls_ca, tls_cert, tls_key, persistent_session, trusted_keys,
-         state_dir):
+         state_dir, watch):
     """Subscribe to a topic of JSON readings and publish alarm events to another topic.
 
     Needs the mqtt extra (paho-mqtt). Each message is one JSON reading keyed by sensor name,
@@ -449,7 +462,9 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
     current message, wait for outstanding publishes, print the counts to stderr and exit 0.
     No received reading is dropped: a stop scores every message already received, or, with
     --persistent-session, leaves the unscored ones to the broker for the next start. A broker
-    that is down at start is retried, with a line on stderr per attempt.
+    that is down at start is retried, with a line on stderr per attempt. SIGHUP (systemctl
+    reload), or with --watch a change of the bundle, swaps in a new bundle between two messages,
+    as for detect.
 
     Example:
 
@@ -462,18 +477,20 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
     if tls_key and not tls_cert:
         raise click.UsageError("--tls-key needs --tls-cert")
     from edge_detector.mqtt import Tls, run_bridge  # noqa: PLC0415
+    from edge_detector.runtime.reload import Reloader  # noqa: PLC0415
     password = os.environ.get("MQTT_PASSWORD")
     if password_file:
         with open(password_file, encoding="utf-8") as fh:
             password = fh.readline().rstrip("\r\n")
+    reloader = Reloader(bundle, engine=engine, mode=mode, trust=load_trust(trusted_keys, state_dir), variant=variant,
+                        watch=watch)
     with reported(BundleError):
-        detector = Detector.load(bundle, engine=engine, mode=mode, trust=load_trust(trusted_keys, state_dir),
-                                 variant=variant)
+        detector = reloader.load()
     policy = StreamPolicy(missing=missing, gap_factor=gap_factor, max_jump=max_jump)
     counts = run_bridge(detector, host=host, port=port, in_topic=in_topic, out_topic=out_topic, qos=qos,
                         alarms_only=not all_events, policy=policy, output_format=output_format, client_id=client_id,
                         username=username, password=password, err=sys.stderr, persistent_session=persistent_session,
-                        tls=Tls(tls_ca, tls_cert, tls_key))
+                        tls=Tls(tls_ca, tls_cert, tls_key), reloader=reloader)
     _echo_err(json.dumps({"stats": counts}))
 
 
@@ -502,6 +519,105 @@ def demo(workdir, seed, verbose):
     click.echo("")
     click.echo(comparison_table(report))
     click.echo("\ndone in %.0fs; files in %s/" % (time.time() - t0, workdir))
+
+
+@cli.group(short_help="One model per machine: train a fleet in parallel (processes or Ray) and report on it.")
+def fleet():
+    """One model per machine: train and export a bundle for each, in parallel, and report on them.
+
+    Examples:
+
+    \b
+        edge-detector fleet train ../shared/data/skab --out fleet/ --preset rig --train-rows 400
+        edge-detector fleet report fleet/
+    """
+
+
+@fleet.command("train", short_help="Train and export one bundle per machine; a re-run resumes.")
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Fleet folder: fleet.json and machines/<name>/{model,bundle}.")
+@click.option("--asset-col", default=None, help="DATA is one CSV and this column names each row's machine "
+              "[default: DATA is a folder with one CSV per machine, named by its path].")
+@with_data_options
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="trend", show_default=True,
+              help="Starting settings for every machine (as in train).")
+@click.option("--seed", default=42, show_default=True, help="Seed for every model of every machine.")
+@click.option("--window", default=None, type=int, help="Stage-2 window length W [the preset's].")
+@click.option("--epochs", default=None, type=int, help="Most LSTM epochs [the preset's].")
+@click.option("--train-rows", default=None, type=click.IntRange(min=1),
+              help="Train each machine on its first N rows [default: the first 80%].")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Leave out the machines whose name matches this shell pattern (repeatable).")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: --workers processes here; ray: one Ray task per machine (extra [fleet]).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Local backend: machines built at once.")
+@click.option("--address", default=None,
+              help="Ray: 'auto' (the cluster this node belongs to) or 'ray://HEAD:10001' [default: a local Ray].")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="TensorFlow threads per machine; each Ray task declares as many CPUs.")
+@click.option("--convert-each", is_flag=True,
+              help="Convert every machine as export does (the TFLite converter each time, about 10 s) instead of "
+              "writing its weights into one conversion per worker; every bundle passes its parity gate either way.")
+@sign_option
+@click.option("--bundle-version", type=click.IntRange(min=0), default=None,
+              help="Version of every bundle built in this run [default: the run's start in epoch seconds].")
+def fleet_train(data, out, asset_col, sensors, label_col, timestamp_col, preset, seed, window, epochs, train_rows,
+                exclude, backend, workers, address, threads, convert_each, sign_key, bundle_version):
+    """Train and export one model and bundle per machine, in parallel, and write the fleet index.
+
+    fleet.json holds, per machine: its bundle and model paths, the bundle's version and size,
+    the training data's sha256, the calibration metrics, the seconds for train and export, and
+    the error of a build that failed. One machine's failure does not stop the others (the command
+    then exits 1). A re-run builds only the machines whose data or settings changed, or that
+    failed, so an interrupted run resumes.
+
+    Examples:
+
+    \b
+        edge-detector fleet train ../shared/data/skab --out fleet/ --preset rig --train-rows 400
+        edge-detector fleet train pumps.csv --asset-col pump --out fleet/ --backend ray --address auto
+    """
+    _require_train_extra()
+    from edge_detector.export.fleet import FleetSettings, train_fleet  # noqa: PLC0415
+    overrides = {k: v for k, v in dict(seed=seed, window=window, epochs=epochs).items() if v is not None}
+    settings = FleetSettings(preset, overrides, _names(sensors), label_col, timestamp_col, train_rows, threads,
+                             convert_each)
+    with reported(InputError):
+        index = train_fleet(data, out, settings, asset_col, backend, workers, address, sign_key, bundle_version,
+                            progress=_echo_err, exclude=exclude)
+    run = index["last_run"]
+    click.echo("fleet written to %s: %d built, %d failed, %d unchanged" % (out, run["built"], run["failed"],
+                                                                         run["skipped"]))
+    if run["failed"]:
+        raise click.ClickException("%d machines failed; their errors are in %s (edge-detector fleet report %s)"
+                                   % (run["failed"], os.path.join(out, "fleet.json"), out))
+
+
+@fleet.command("report", short_help="The fleet's table: calibration metrics, bundle size and version, failures.")
+@click.argument("fleet_dir", type=click.Path(file_okay=False))
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("--markdown", "md_out", default=None, type=click.Path(dir_okay=False), help="Write the table as Markdown.")
+def fleet_report_cmd(fleet_dir, json_out, md_out):
+    """Print the fleet's table from its fleet.json: per machine, the calibration metrics, the bundle's size and
+    version, the seconds for train and export, and any failure.
+
+    Example:
+
+    \b
+        edge-detector fleet report fleet/ --markdown fleet.md --json fleet-report.json
+    """
+    from edge_detector.export.fleet import fleet_report, format_report  # noqa: PLC0415
+    from edge_detector.export.files import atomic_file, write_json  # noqa: PLC0415
+    with reported(InputError):
+        report = fleet_report(fleet_dir)
+    click.echo(format_report(report))
+    if json_out:
+        write_json(json_out, report)
+    if md_out:
+        with atomic_file(md_out, "w", encoding="utf-8") as fh:
+            fh.write(format_report(report, markdown=True))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,12 @@ published, one per message, to the output topic; rejected messages and notices g
 stderr as JSON lines (journald under systemd). SIGTERM or SIGINT stop cleanly: the current
 message is finished, outstanding publishes are waited for, and the counts come back.
 
+A new bundle while running: given the ``reload.Reloader`` that loaded the detector, SIGHUP (systemd's
+``ExecReload``), or with ``watch`` a change of the bundle folder or its manifest.json, loads the bundle
+again, verified with the same arguments, and swaps it in between two messages (at once when none
+is waiting): each stream keeps its clock, held-back readings and counts, and starts a new warm-up.
+A bundle that does not verify is refused with a notice on stderr, and the old one keeps scoring.
+
 No received reading is dropped at a stop. The broker counts a QoS 1 message as delivered once
 the client acknowledges it, so:
 
@@ -44,11 +50,12 @@ import queue
 import sys
 import threading
 import traceback
-from typing import Dict, NamedTuple, Optional
+from typing import Callable, Dict, NamedTuple, Optional
 
 from edge_detector.runtime import Detector, InputError, Rejected, StreamPolicy, StreamScorer
 from edge_detector.runtime.events import event_writer
 from edge_detector.runtime.readings import MAX_LINE_BYTES, parse_json_line
+from edge_detector.runtime.reload import Reloader
 from edge_detector.runtime.stream import StreamRouter, stop_signals
 
 MAX_QUEUE = 10000
@@ -203,9 +210,11 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
                client_id: Optional[str] = None, username: Optional[str] = None, password: Optional[str] = None,
                keepalive: int = 60, err=None, stop: Optional[threading.Event] = None,
                stop_on_signals: bool = True, persistent_session: bool = False, tls: Optional[Tls] = None,
-               max_queue: int = MAX_QUEUE, max_payload: int = MAX_LINE_BYTES) -> Dict[str, int]:
+               max_queue: int = MAX_QUEUE, max_payload: int = MAX_LINE_BYTES,
+               reloader: Optional[Reloader] = None) -> Dict[str, int]:
     """Run the bridge until SIGTERM/SIGINT (or ``stop`` is set); returns the stream's counts plus
-    "published" and "dropped"."""
+    "published" and "dropped". With ``reloader`` (the one that loaded ``detector``), a new bundle is swapped
+    in between two messages on SIGHUP (with ``stop_on_signals``) or, when it watches, when the bundle changes."""
     if persistent_session and not client_id:
         raise ValueError("a persistent session needs a fixed client id: the broker keeps the session under it")
     mqtt = _paho()
@@ -221,11 +230,13 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
     keyed = is_wildcard(in_topic)
     scorer = (StreamRouter if keyed else StreamScorer)(
         detector, event_writer(output_format, publisher, detector.sensors), note.err, alarms_only, policy)
-    handle = message_handler(scorer, client, note, persistent_session, inbox.max_payload, keyed)
-    signals = stop_signals(lambda signum, frame: stop.set()) if stop_on_signals else contextlib.nullcontext()
+    between = (lambda line=None: reloader.between(scorer, note, line)) if reloader is not None else None
+    handle = message_handler(scorer, client, note, persistent_session, inbox.max_payload, keyed, between)
+    reload = reloader.request if reloader is not None else None
+    signals = stop_signals(lambda signum, frame: stop.set(), reload) if stop_on_signals else contextlib.nullcontext()
     try:
         with signals:
-            consume(inbox.queue, handle, stop)
+            consume(inbox.queue, handle, stop, between)
             if not persistent_session:
                 drain(client, inbox.queue, handle, in_topic, unsubscribed, note, mqtt.MQTT_ERR_SUCCESS)
             scorer.flush_pending()
@@ -238,13 +249,16 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
 
 
 def message_handler(scorer: StreamScorer, client, note: Notes, persistent_session: bool, max_payload: int,
-                    keyed: bool = False):
-    """handle(received): score or reject one message, whatever it holds, then acknowledge it (persistent session)."""
+                    keyed: bool = False, between: Optional[Callable] = None):
+    """handle(received): score or reject one message, whatever it holds, then acknowledge it (persistent session).
+    ``between(n)``, when given, runs first: a new bundle asked for is swapped in before message n is scored."""
     count = [0]
 
     def handle(message: Received) -> None:
         count[0] += 1
         n = count[0]
+        if between is not None:
+            between(n)
         try:
             scorer.feed(parse_message(message, scorer.detector.sensors, n, max_payload, keyed))
         except Exception as exc:  # a bug: its traceback goes to stderr, and the message does not stop the bridge
@@ -257,12 +271,15 @@ def message_handler(scorer: StreamScorer, client, note: Notes, persistent_sessio
     return handle
 
 
-def consume(inbox: queue.Queue, handle, stop: threading.Event) -> None:
-    """Handle received messages, in order, until ``stop`` is set."""
+def consume(inbox: queue.Queue, handle, stop: threading.Event, idle: Optional[Callable] = None) -> None:
+    """Handle received messages, in order, until ``stop`` is set; ``idle()`` (when given) runs whenever none has
+    come for 0.2 s, so that a reload asked for while no message arrives is done at once."""
     while not stop.is_set():
         try:
             message = inbox.get(timeout=0.2)
         except queue.Empty:
+            if idle is not None:
+                idle()
             continue
         handle(message)
 

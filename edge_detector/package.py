@@ -90,6 +90,12 @@ recognised) or JSON Lines objects keyed by sensor name. Rejected lines go to std
 `{{"line": N, "error": "..."}}`; the counts go to stderr at the end. SIGTERM or SIGINT
 finish the current line and exit 0. Every output line is flushed as it is written.
 
+A new model while it runs: rename a new bundle folder into place as `bundle/`, then send
+SIGHUP (`kill -HUP PID`), or start with `--watch` (a change of `bundle/` is then seen within a
+second or so). The bundle is verified as at the start and swapped in between two readings, with a
+notice and a new warm-up on stderr; one that does not verify is refused with a notice, and the
+old one keeps scoring.
+
 ## From a script
 
 ```python

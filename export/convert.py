@@ -22,6 +22,7 @@ from edge_detector.export.metrics import rel_error
 from edge_detector.export.progress import Progress, log
 from edge_detector.export.signing import sign
 from edge_detector.export.tf_setup import import_tf, quiet_native_log
+from edge_detector.export.tflite_template import Template, TemplateError, coded_weights, fill_template, make_template
 from edge_detector.export.train import (TrainConfig, TrainedModels, build_autoencoder, read_model_meta,
                                         transform_fields)
 from edge_detector.runtime import (MANIFEST, ONNX_FILE, SCHEMA_VERSION, TFLITE_FILE, WEIGHTS, Detector, InputError,
@@ -110,24 +111,21 @@ def keras_weights(model) -> Dict[str, np.ndarray]:
 
 
 def convert_tflite(models: TrainedModels, path: str, quantize: str = "none",
-                   representative: Optional[np.ndarray] = None) -> list:
+                   representative: Optional[np.ndarray] = None, reuse: bool = False) -> list:
     """Keras AE -> TFLite with a fixed batch of 1 (fused UNIDIRECTIONAL_SEQUENCE_LSTM); returns its ops.
 
     ``quantize`` "none" is float32; float16, dynamic and int8 are ``variants``' (int8 calibrates on the
-    prepared normal windows ``representative`` [n, W, sensors]).
+    prepared normal windows ``representative`` [n, W, sensors]). ``reuse`` (float32 only) converts each
+    architecture once per process and writes this model's weights into it (``tflite_template``): what a
+    fleet of same-shaped models does; the parity gate checks the result like any other.
     """
     tf, tf_keras, _ = import_tf()
-    config = TrainConfig.from_dict(models.meta["config"])
-    single = build_autoencoder(tf_keras, models.meta["window"], len(models.meta["sensors"]), config, batch_size=1)
-    single.set_weights(models.keras.get_weights())
-    converter = tf.lite.TFLiteConverter.from_keras_model(single)
-    if quantize != "none":
-        from edge_detector.export.variants import converter_options  # noqa: PLC0415 (variants imports this module)
-        converter_options(tf, converter, quantize, representative)
-    with warnings.catch_warnings():
-        # int8 keeps float input and output on purpose: the converter's note about their statistics is noise
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
-        blob = converter.convert()
+    if reuse and quantize == "none":
+        blob = templated_tflite(tf, tf_keras, models)
+    else:
+        single = batch_one_model(tf_keras, models)
+        single.set_weights(models.keras.get_weights())
+        blob = tflite_bytes(tf, single, quantize, representative)
     with open(path, "wb") as fh:
         fh.write(blob)
     interpreter = tflite_interpreter_class()(model_path=path)
@@ -137,10 +135,55 @@ def convert_tflite(models: TrainedModels, path: str, quantize: str = "none",
     return ops
 
 
-def convert_onnx(models: TrainedModels, path: str) -> None:
+def batch_one_model(tf_keras, models: TrainedModels):
+    """The autoencoder's architecture with a fixed batch of 1 (what converts to the fused LSTM op), untrained."""
+    config = TrainConfig.from_dict(models.meta["config"])
+    return build_autoencoder(tf_keras, models.meta["window"], len(models.meta["sensors"]), config, batch_size=1)
+
+
+def tflite_bytes(tf, single, quantize: str = "none", representative: Optional[np.ndarray] = None) -> bytes:
+    """The TFLite converter's output for a batch-1 Keras model (the one place it is called)."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(single)
+    if quantize != "none":
+        from edge_detector.export.variants import converter_options  # noqa: PLC0415 (variants imports this module)
+        converter_options(tf, converter, quantize, representative)
+    with warnings.catch_warnings():
+        # int8 keeps float input and output on purpose: the converter's note about their statistics is noise
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        return converter.convert()
+
+
+_TEMPLATES: Dict[str, Optional[Template]] = {}       # per process: architecture -> template (None: cannot be one)
+
+
+def templated_tflite(tf, tf_keras, models: TrainedModels) -> bytes:
+    """The float32 TFLite model of ``models``, its weights written into this process' template of the architecture
+    (converted on first use); a full conversion where the architecture cannot be templated."""
+    weights = models.keras.get_weights()
+    config = models.meta["config"]
+    key = json.dumps([models.meta["window"], models.meta["sensors"], config["lstm_units"], config["bottleneck"]])
+    if key not in _TEMPLATES:
+        shapes = [w.shape for w in weights]
+        single = batch_one_model(tf_keras, models)
+        single.set_weights(coded_weights(shapes))
+        try:
+            _TEMPLATES[key] = make_template(tflite_bytes(tf, single), shapes)
+        except TemplateError:
+            _TEMPLATES[key] = None
+    if _TEMPLATES[key] is None:
+        single = batch_one_model(tf_keras, models)
+        single.set_weights(weights)
+        return tflite_bytes(tf, single)
+    return fill_template(_TEMPLATES[key], weights)
+
+
+def convert_onnx(models: TrainedModels, path: str, tidy: bool = True) -> None:
+    """The forest -> ONNX (skl2onnx). ``tidy`` lets skl2onnx remove its Identity nodes (half of its ~5 s);
+    onnxruntime removes them itself when it loads the model, so the scores are the same either way."""
     from skl2onnx import to_onnx  # noqa: PLC0415
     n_features = models.forest.n_features_in_
-    onx = to_onnx(models.forest, np.zeros((1, n_features), dtype=np.float32), target_opset=ONNX_TARGET_OPSET)
+    onx = to_onnx(models.forest, np.zeros((1, n_features), dtype=np.float32), target_opset=ONNX_TARGET_OPSET,
+                  model_optim=tidy)
     with open(path, "wb") as fh:
         fh.write(onx.SerializeToString())
 
@@ -249,7 +292,7 @@ def write_manifest(folder: str, manifest: dict, sign_key: Optional[str]) -> None
 
 def export_bundle(model_dir: str, data: Dataset, out_dir: str, progress: Progress = print,
                   sign_key: Optional[str] = None, version: Optional[int] = None, verbose: bool = False,
-                  quantize: Sequence[str] = ("none",)) -> dict:
+                  quantize: Sequence[str] = ("none",), fast_conversion: bool = False) -> dict:
     """Convert a model folder into a bundle at ``out_dir``; returns the manifest.
 
     ``data`` is the training CSV's dataset: parity runs on its readings. ``sign_key`` (an OpenSSH
@@ -259,7 +302,9 @@ def export_bundle(model_dir: str, data: Dataset, out_dir: str, progress: Progres
     into place only after every check passed; an existing bundle at ``out_dir`` is replaced, and
     that is said. ``verbose`` shows TensorFlow's own log (the converter's), which is quiet otherwise.
     ``quantize`` adds quantized stage-2 variants (float16, dynamic, int8: ``variants``), each with
-    its own threshold and its own parity gate on decisions.
+    its own threshold and its own parity gate on decisions. ``fast_conversion`` (what a fleet does) writes
+    the weights into this process' TFLite conversion of the same architecture instead of converting
+    again (``convert_tflite``) and skips skl2onnx's graph clean-up (``convert_onnx``).
     """
     models = TrainedModels(model_dir)
     if list(data.sensors) != list(models.meta["sensors"]):
@@ -270,8 +315,8 @@ def export_bundle(model_dir: str, data: Dataset, out_dir: str, progress: Progres
     with quiet_native_log(verbose), atomic_folder(out_dir, prefix=".bundle-") as tmp:
         arrays = bundle_arrays(models)
         np.savez(os.path.join(tmp, WEIGHTS), **arrays)
-        ops = convert_tflite(models, os.path.join(tmp, TFLITE_FILE))
-        convert_onnx(models, os.path.join(tmp, ONNX_FILE))
+        ops = convert_tflite(models, os.path.join(tmp, TFLITE_FILE), reuse=fast_conversion)
+        convert_onnx(models, os.path.join(tmp, ONNX_FILE), tidy=not fast_conversion)
         parity = check_parity(models, data, tmp, arrays, progress)
         files = {name: sha256_file(os.path.join(tmp, name)) for name in (WEIGHTS, TFLITE_FILE, ONNX_FILE)}
         manifest = build_manifest(models, ops, parity, files, version)

@@ -114,3 +114,54 @@ def open_dir():
     folder.chmod(0o755)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def stop_bridge(bridge, reader, sub) -> None:
+    """End a bridge subprocess the way systemd does (SIGTERM), then its stderr reader and the test's subscriber."""
+    import signal  # noqa: PLC0415
+    bridge.send_signal(signal.SIGTERM)
+    bridge.wait(timeout=30)
+    reader.join(timeout=5)
+    sub.loop_stop()
+    sub.disconnect()
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    """The port of a real mosquitto on 127.0.0.1 (anonymous, no persistence), for the MQTT bridge's tests."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+    exe = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
+    if exe is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run installs it as root): "
+                    "the MQTT round trip needs a real broker")
+    pytest.importorskip("paho.mqtt.client", reason="paho-mqtt (the mqtt extra) is not installed")
+    port = free_port()
+    conf = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
+    conf.write_text("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % port)
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail("mosquitto exited: %s" % proc.stdout.read())
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("mosquitto did not listen on 127.0.0.1:%d" % port)
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)

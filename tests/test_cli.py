@@ -14,8 +14,9 @@ def runner():
 
 
 def test_every_command_has_an_example(runner):
-    for name, command in cli.commands.items():
-        result = runner.invoke(cli, [name, "--help"])
+    names = [[n] for n in cli.commands] + [["fleet", n] for n in cli.commands["fleet"].commands]
+    for name in names:
+        result = runner.invoke(cli, name + ["--help"])
         assert result.exit_code == 0, name
         assert "Example:" in result.output or "Examples:" in result.output, name
 

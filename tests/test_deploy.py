@@ -238,7 +238,8 @@ def test_runtime_flushes_each_influx_line(trained, synthetic, tmp_path):
 def test_systemd_unit_has_the_required_settings():
     unit = (DEPLOY / "edge-detector.service").read_text()
     for needed in ("Restart=on-failure", "Environment=PYTHONUNBUFFERED=1", "User=edge-detector",
-                   "StandardOutput=journal", "StandardError=journal"):
+                   "StandardOutput=journal", "StandardError=journal",
+                   "ExecReload=/bin/kill -HUP $MAINPID"):                  # systemctl reload: a new bundle
         assert needed in unit.splitlines(), needed
     assert not any(line.startswith("User=root") for line in unit.splitlines())
 
@@ -270,15 +271,19 @@ def test_systemd_analyze_verify(tmp_path):
                   or os.path.exists(p + "/sysinit.target")), None)
     if units is None:
         pytest.skip("the systemd package's unit folder (sysinit.target) is not installed")
-    # a root holding the stock units, the unit under test and the executable it names
+    # a root holding the stock units, the unit under test and the executables its Exec*= lines name
     root = tmp_path / "root"
     shutil.copytree(units, root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
-    shutil.copy(DEPLOY / "edge-detector.service", root / "etc/systemd/system")
-    exe = root / "opt/edge-detector/venv/bin/edge-detector"
-    exe.parent.mkdir(parents=True)
-    exe.write_text("#!/bin/sh\n")
-    exe.chmod(0o755)
+    unit = DEPLOY / "edge-detector.service"
+    shutil.copy(unit, root / "etc/systemd/system")
+    commands = [line.split("=", 1)[1].split()[0] for line in unit.read_text().splitlines() if line.startswith("Exec")]
+    assert "/opt/edge-detector/venv/bin/edge-detector" in commands and "/bin/kill" in commands   # ExecReload: SIGHUP
+    for command in commands:
+        exe = root / command.lstrip("/")
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
     out = subprocess.run([analyze, "verify", "--root=%s" % root, "/etc/systemd/system/edge-detector.service"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and not (out.stdout + out.stderr).strip(), out.stdout + out.stderr

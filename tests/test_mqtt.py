@@ -13,43 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from edge_detector.cli import cli
+from tests.conftest import free_port, stop_bridge
 
 pytestmark = pytest.mark.slow
 N = 1000
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    exe = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
-    if exe is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run installs it as root): "
-                    "the MQTT round trip needs a real broker")
-    pytest.importorskip("paho.mqtt.client", reason="paho-mqtt (the mqtt extra) is not installed")
-    port = _free_port()
-    conf = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
-    conf.write_text("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % port)
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail("mosquitto exited: %s" % proc.stdout.read())
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("mosquitto did not listen on 127.0.0.1:%d" % port)
-    yield port
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 def _client(name):
@@ -93,11 +60,7 @@ def test_mqtt_round_trip_equals_detect(broker, trained, synthetic, tmp_path):
         assert got_all.wait(60), "received %d of %d alarm events" % (len(received), len(expected))
         time.sleep(1.0)                                          # nothing beyond the expected alarms
     finally:
-        bridge.send_signal(signal.SIGTERM)
-        bridge.wait(timeout=30)
-        reader.join(timeout=5)
-        sub.loop_stop()
-        sub.disconnect()
+        stop_bridge(bridge, reader, sub)
     assert bridge.returncode == 0, "".join(stderr_lines)
     stats = json.loads(stderr_lines[-1])["stats"]
     assert stats["read"] == N and stats["scored"] == N and stats["rejected"] == 0
@@ -339,7 +302,7 @@ def _tls_broker(folder):
                    capture_output=True)
     for p in folder.iterdir():
         p.chmod(0o644)
-    port = _free_port()
+    port = free_port()
     conf = folder / "mosquitto.conf"
     conf.write_text("per_listener_settings true\nlistener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\n"
                     "allow_anonymous false\npassword_file %s\npersistence false\n"

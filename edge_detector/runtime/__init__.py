@@ -23,7 +23,8 @@ A reading's way, module by module:
     events     Score -> a JSON Lines event or an InfluxDB point
 
 ``bundle`` verifies the files before anything loads, ``engines`` decides who computes each
-stage, and ``errors`` holds the two exceptions and the one rule for a sensor value.
+stage, ``reload`` swaps in a new bundle while a stream runs (SIGHUP, --watch), and ``errors``
+holds the two exceptions and the one rule for a sensor value.
 Scores everywhere: higher = more anomalous.
 """
 from .bundle import MANIFEST, ONNX_FILE, SCHEMA_VERSION, TFLITE_FILE, WEIGHTS, Bundle, load_bundle, load_manifest

@@ -3,6 +3,7 @@
 
 Scores CSV or JSON Lines readings from stdin or a file with a bundle. Events go to stdout,
 rejected lines to stderr as {"line": N, "error": "..."}, and the counts to stderr at the end.
+SIGHUP (or, with --watch, a change of the bundle folder) swaps in a new bundle between two readings.
 """
 import argparse
 import json
@@ -22,8 +23,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python3 -m runtime", description="Score CSV or JSON Lines readings from stdin (or a file) with an "
         "edge-detector bundle. Events go to stdout, one per reading; rejected lines go to stderr as "
-        '{"line": N, "error": "..."}; the counts go to stderr at the end. SIGTERM/SIGINT stop cleanly. Options '
-        "may come before or after the input file.")
+        '{"line": N, "error": "..."}; the counts go to stderr at the end. SIGTERM/SIGINT stop cleanly. SIGHUP '
+        "loads the bundle again, verified as at the start, and swaps it in between two readings (one that does not "
+        "verify is refused with a notice, and the old one keeps scoring). Options may come before or after the "
+        "input file.")
     p.add_argument("bundle", help="the bundle folder (edge-detector export wrote it)")
     p.add_argument("input", nargs="?", default="-", help="CSV with a header, or JSON Lines (default: stdin)")
     p.add_argument("--engine", default="numpy", choices=ENGINE_CHOICES,
@@ -52,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-col", default=None, metavar="COLUMN",
                    help="the column (or JSON key) naming each reading's machine, when one input carries several "
                    "machines of one model: each keeps its own state; events carry the key as \"stream\"")
+    p.add_argument("--watch", action="store_true",
+                   help="also reload the bundle when its folder or manifest.json changes (a new folder renamed into "
+                   "place, a manifest rewritten): checked about once a second, between readings")
     p.add_argument("--format", default="jsonl", choices=OUTPUT_FORMATS,
                    help="jsonl (default): one JSON event per line; influx: InfluxDB line protocol (Telegraf "
                    "inputs.execd)")
@@ -69,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         trust = load_trust(args.trusted_keys, args.state_dir)
         stats = detect(args.bundle, args.input, "-", sys.stderr, engine=args.engine, mode=args.mode,
                        alarms_only=args.alarms_only, policy=policy, output_format=args.format, trust=trust,
-                       variant=args.variant, stream_col=args.stream_col)
+                       variant=args.variant, stream_col=args.stream_col, watch=args.watch)
     except (BundleError, InputError, OSError) as exc:
         sys.stderr.write("error: %s\n" % exc)
         return 1

@@ -4,7 +4,8 @@
                                                                                  -> err (rejections, notices)
 
 read = scored + rejected, always. Time follows ``clock.Clock``'s rule. SIGTERM and SIGINT
-(``stop_signals``) finish the current line, flush, and end the stream with its counts.
+(``stop_signals``) finish the current line, flush, and end the stream with its counts. SIGHUP (and,
+with ``watch``, a change of the bundle path) swaps in a new bundle between two readings (``reload``).
 """
 import contextlib
 import json
@@ -21,6 +22,7 @@ from .errors import InputError, check_choice
 from .events import OutputClosed, event_writer, line_sender
 from .engines import engine_notice
 from .readings import Item, Notice, Reading, Rejected, byte_lines, read_lines
+from .reload import Reloader
 from .trust import Trust
 
 MISSING_POLICIES = ("reject", "hold-last", "interpolate")
@@ -39,9 +41,13 @@ class _Shutdown(Exception):
 
 
 @contextlib.contextmanager
-def stop_signals(handler: Callable) -> Iterator[None]:
-    """Install ``handler`` for SIGTERM and SIGINT for the duration, then restore the previous handlers."""
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+def stop_signals(handler: Callable, reload: Optional[Callable] = None) -> Iterator[None]:
+    """Install ``handler`` for SIGTERM and SIGINT, and ``reload`` (when given) for SIGHUP, which then no longer
+    ends the process; for the duration, then restore the previous handlers. The one place that installs any."""
+    handlers = {signal.SIGTERM: handler, signal.SIGINT: handler}
+    if reload is not None and hasattr(signal, "SIGHUP"):
+        handlers[signal.SIGHUP] = reload
+    previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
     try:
         yield
     finally:
@@ -150,8 +156,15 @@ class StreamScorer:
             self.stats["filled"] += 1
             self._score(reading._replace(values=np.where(np.isnan(reading.values), self._last_values, reading.values)))
 
-    def run(self, items: Iterable[Item]) -> Dict[str, int]:
-        """Score every item; returns the counts. Stops cleanly after ``stopping`` is set."""
+    def use(self, detector: Detector) -> None:
+        """Score from the next reading on with ``detector`` (a new bundle: its own warm-up starts). The clock,
+        the last values, the held-back readings and the counts carry over: nothing is lost or scored twice."""
+        self.detector = detector
+
+    def run(self, items: Iterable[Item], reloader: Optional[Reloader] = None) -> Dict[str, int]:
+        """Score every item; returns the counts. Stops cleanly after ``stopping`` is set. With ``reloader``, a
+        new bundle asked for (SIGHUP) or seen (``watch``) is swapped in after an item is read, before it is fed,
+        so a SIGHUP that came while waiting for input is acted on before the next reading is scored."""
         it = iter(items)
         try:
             while not self.stopping:
@@ -162,6 +175,8 @@ class StreamScorer:
                     self._waiting = False
                 if item is None:
                     break
+                if reloader is not None:
+                    reloader.between(self, self._note, item.line)
                 self.feed(item)
         except _Shutdown:
             pass
@@ -223,6 +238,13 @@ class StreamRouter(StreamScorer):
             return
         scorer.feed(item)             # counted by the stream's own scorer
 
+    def use(self, detector: Detector) -> None:
+        """A new bundle for every stream: each one's detector becomes a fork of it (a warm-up each), and a stream
+        seen later forks it too; each stream's clock, held-back readings and counts carry over."""
+        self.detector = detector
+        for scorer in self.routes.values():
+            scorer.use(detector.fork())
+
     def refuse(self, reading: Reading, reason: str) -> None:
         """A reading that no stream takes: read here, and rejected."""
         self.stats["read"] += 1
@@ -244,7 +266,8 @@ class StreamRouter(StreamScorer):
 
 def run_stream(detector: Detector, lines: Iterable, out, err, alarms_only: bool = False,
                policy: StreamPolicy = StreamPolicy(), stop_on_signals: bool = False,
-               output_format: str = "jsonl", stream_col: Optional[str] = None) -> Dict[str, int]:
+               output_format: str = "jsonl", stream_col: Optional[str] = None,
+               reloader: Optional[Reloader] = None) -> Dict[str, int]:
     """Score a CSV or JSON Lines stream; events to ``out``, rejected lines to ``err``; returns the counts.
 
     ``lines`` are bytes (as ``byte_lines`` reads them) or text. ``stream_col`` names the column (or
@@ -252,13 +275,16 @@ def run_stream(detector: Detector, lines: Iterable, out, err, alarms_only: bool 
     and its events carry the key as "stream".
     ``output_format`` is ``jsonl`` (one JSON event per line) or ``influx`` (line protocol).
     With ``stop_on_signals``, SIGTERM and SIGINT end the stream cleanly: the current line is
-    finished and flushed, and the counts come back as usual.
+    finished and flushed, and the counts come back as usual. With ``reloader`` (``reload.Reloader``, which
+    loaded ``detector``), a new bundle is swapped in between two readings when asked: SIGHUP (with
+    ``stop_on_signals``), or a change of the bundle path when it watches; notices go to ``err``.
     """
     writer = event_writer(output_format, line_sender(out), detector.sensors)
     scorer = (StreamRouter if stream_col else StreamScorer)(detector, writer, err, alarms_only, policy)
     items = read_lines(lines, detector.sensors, stream_col)
-    with stop_signals(scorer.handle_signal) if stop_on_signals else contextlib.nullcontext():
-        stats = scorer.run(items)
+    reload = reloader.request if reloader is not None else None
+    with stop_signals(scorer.handle_signal, reload) if stop_on_signals else contextlib.nullcontext():
+        stats = scorer.run(items, reloader)
     if scorer.output_closed and out is sys.stdout:
         # nothing more can reach the reader; keep the interpreter's last flush from complaining
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -295,19 +321,23 @@ def _open_output(path: str):
 def detect(bundle: str, source: str = "-", out: str = "-", err=None, engine: str = "numpy", mode: str = "hybrid",
            alarms_only: bool = False, policy: StreamPolicy = StreamPolicy(),
            output_format: str = "jsonl", trust: Optional[Trust] = None, variant: Optional[str] = None,
-           stream_col: Optional[str] = None) -> Dict[str, int]:
+           stream_col: Optional[str] = None, watch: bool = False) -> Dict[str, int]:
     """Load ``bundle`` and score the readings in ``source`` (a path, or "-" for stdin); returns the counts.
 
     Events go to ``out`` (a path, or "-" for stdout), rejected lines and notices to ``err``
     (default: stderr). SIGTERM and SIGINT end it cleanly, and so does a reader of the events that
     goes away (``| head``). With ``trust`` the bundle must be signed by a trusted key and not older
-    than the last one accepted. Raises BundleError for a bundle that does not verify, InputError
-    for an input path that cannot be read, OSError for an output path that cannot be written; no
-    input line can raise.
+    than the last one accepted. SIGHUP, and with ``watch`` a change of the bundle folder or its
+    manifest.json (a stat about once a second, between readings), loads the bundle again with the
+    same arguments and swaps it in between two readings; one that does not verify is refused with
+    a notice and the old one keeps scoring (``reload.Reloader``). Raises BundleError for a bundle
+    that does not verify at the start, InputError for an input path that cannot be read, OSError
+    for an output path that cannot be written; no input line can raise.
     """
-    detector = Detector.load(bundle, engine=engine, mode=mode, trust=trust, variant=variant)
+    reloader = Reloader(bundle, engine=engine, mode=mode, trust=trust, variant=variant, watch=watch)
+    detector = reloader.load()
     err = err if err is not None else sys.stderr
     if engine_notice(engine):
         err.write(json.dumps({"notice": engine_notice(engine)}) + "\n")
     with _open_input(source) as src, _open_output(out) as dst:
-        return run_stream(detector, src, dst, err, alarms_only, policy, True, output_format, stream_col)
+        return run_stream(detector, src, dst, err, alarms_only, policy, True, output_format, stream_col, reloader)
