@@ -86,24 +86,32 @@ def machines_in_folder(folder: str) -> List[Machine]:
             if f.lower().endswith(".csv"):
                 path = os.path.join(root, f)
                 name = os.path.relpath(path, folder)[:-4].replace(os.sep, "/")
-                with open(path, "rb") as fh:
-                    found.append(Machine(check_name(name), fh.read(), os.path.abspath(path)))
+                try:
+                    with open(path, "rb") as fh:
+                        found.append(Machine(check_name(name), fh.read(), os.path.abspath(path)))
+                except OSError as exc:
+                    raise InputError("%s cannot be read (%s)" % (path, exc.strerror or exc)) from None
     return found
 
 
 def machines_by_column(path: str, asset_col: str) -> List[Machine]:
     """One Machine per value of ``asset_col`` in the CSV at ``path``: its rows, in order, without that column."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if not header or asset_col not in header:
-            raise InputError("%s has no column %r (its columns: %s)" % (path, asset_col, ", ".join(header or [])))
-        k = header.index(asset_col)
-        rows: Dict[str, List[List[str]]] = {}
-        for line_no, row in enumerate(reader, start=2):
-            if len(row) != len(header):
-                raise InputError("%s line %d: %d fields, the header has %d" % (path, line_no, len(row), len(header)))
-            rows.setdefault(row[k], []).append(row[:k] + row[k + 1:])
+    rows: Dict[str, List[List[str]]] = {}
+    line_no = 1
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if not header or asset_col not in header:
+                raise InputError("%s has no column %r (its columns: %s)" % (path, asset_col, ", ".join(header or [])))
+            k = header.index(asset_col)
+            for line_no, row in enumerate(reader, start=2):
+                if len(row) != len(header):
+                    raise InputError("%s line %d: %d fields, the header has %d" % (path, line_no, len(row),
+                                                                                    len(header)))
+                rows.setdefault(row[k], []).append(row[:k] + row[k + 1:])
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise InputError("%s near line %d cannot be split by %r: %s" % (path, line_no + 1, asset_col, exc)) from None
     out = []
     for name, group in rows.items():
         buf = io.StringIO()
@@ -129,7 +137,22 @@ def find_machines(data: str, asset_col: Optional[str] = None) -> List[Machine]:
         raise InputError("fleet data %r: no such file or folder" % data)
     if not machines:
         raise InputError("fleet data %r holds no machine (no .csv file)" % data)
+    check_folders(m.name for m in machines)
     return machines
+
+
+def check_folders(names: Iterable[str]) -> None:
+    """InputError when one machine's folder would hold another's (``x`` and ``x/y``): storing one replaces the other.
+
+    >>> check_folders(["valve1/0", "valve1/1", "other/0"])
+    """
+    names = set(names)
+    for b in sorted(names):
+        parts = b.split("/")
+        for a in ("/".join(parts[:k]) for k in range(1, len(parts))):
+            if a in names:
+                raise InputError("machine names %r and %r: the first one's folder would hold the second's; rename one"
+                                 % (a, b))
 
 
 # ------------------------------------------------------------------ one machine's task (runs in a worker)

@@ -61,6 +61,20 @@ def test_machines_come_from_a_folder_or_from_one_csv_split_by_a_column(tmp_path)
     for bad in ("", "a b", "/abs", "x/../y", "a" * 65):
         with pytest.raises(InputError):
             check_name(bad)
+    nested = tmp_path / "nested"
+    (nested / "x").mkdir(parents=True)
+    for name in ("x.csv", "x-1.csv", "x/y.csv"):
+        (nested / name).write_text("t,v\n1,2\n")
+    with pytest.raises(InputError, match="machine names 'x' and 'x/y'"):       # storing x would replace x/y
+        find_machines(str(nested))
+    huge = tmp_path / "huge.csv"
+    huge.write_text('asset,x\np1,1\np2,"%s"\n' % ("9" * 200_000))                # over the csv module's field limit
+    with pytest.raises(InputError, match="huge.csv near line 3 cannot be split by 'asset'"):
+        find_machines(str(huge), asset_col="asset")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"asset,x\n\xe9,1\n")
+    with pytest.raises(InputError, match="cannot be split by 'asset'"):
+        find_machines(str(latin), asset_col="asset")
 
 
 @pytest.mark.slow
