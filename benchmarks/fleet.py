@@ -15,7 +15,6 @@ Settings: ``--preset rig --train-rows 400`` (the SKAB protocol's training rows),
 thread per machine. Each run writes a fresh fleet folder under ``--workdir``.
 """
 import argparse
-import fnmatch
 import os
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from edge_detector.export.fleet import FleetSettings, find_machines, train_fleet
+from edge_detector.export.fleet import FleetSettings, Machine, select_machines, train_fleet
 from edge_detector.export.files import write_json
 from edge_detector.runtime import Detector
 
@@ -61,13 +60,12 @@ def same_scores(a: dict, b: dict, data: Dict[str, np.ndarray]) -> Dict[str, bool
     return out
 
 
-def machine_values(data: str, exclude: List[str], settings: FleetSettings) -> Dict[str, np.ndarray]:
+def machine_values(machines: List[Machine], settings: FleetSettings) -> Dict[str, np.ndarray]:
+    """{machine: its readings [time, sensors]}, parsed as training parsed them."""
     from edge_detector.export.data import load_csv  # noqa: PLC0415
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for m in find_machines(data):
-            if any(fnmatch.fnmatchcase(m.name, p) for p in exclude):
-                continue
+        for m in machines:
             path = os.path.join(tmp, "m.csv")
             with open(path, "wb") as fh:
                 fh.write(m.data)
@@ -88,8 +86,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     settings = FleetSettings(preset=args.preset, train_rows=args.train_rows)
-    names = [m.name for m in find_machines(args.data)
-             if not any(fnmatch.fnmatchcase(m.name, p) for p in args.exclude)]
+    machines = select_machines(args.data, exclude=args.exclude)
+    names = [m.name for m in machines]
     subset_exclude = args.exclude + names[args.subset:]
     workdir = args.workdir or tempfile.mkdtemp(prefix="fleet-bench-")
     print("fleet benchmark: %d machines (subset %d: %s), preset %s, train rows %d, workdir %s"
@@ -114,7 +112,7 @@ def main(argv=None) -> int:
           "1 -> 2 workers: %.2fx" % (b["s_per_machine"], a1["s_per_machine"], b["export_s"], a1["export_s"],
                                      report["speedup_export_work"], report["speedup_1_to_2_workers"]))
     if "all_ray" in runs:
-        values = machine_values(args.data, args.exclude, settings)
+        values = machine_values(machines, settings)
         same = same_scores(runs["all_local"], runs["all_ray"], values)
         complete = all(len(r["index"]["machines"]) == len(names) for r in (runs["all_local"], runs["all_ray"]))
         report.update(same_scores=same, indexes_complete=complete)

@@ -118,11 +118,11 @@ def score_all(alarms: Dict[str, np.ndarray], data_dir: str, labels: dict) -> dic
     """Per-file and corpus NAB scores of boolean detections, for every profile."""
     per_file, totals = {}, {}
     windows_total = sum(len(labels[rel]) for rel in alarms)
+    windows = {rel: ns.window_rows(read_series(os.path.join(data_dir, rel))[0], labels[rel]) for rel in alarms}
     for profile_name, profile in ns.PROFILES.items():
         scores = []
         for rel, detected in alarms.items():
-            timestamps, _ = read_series(os.path.join(data_dir, rel))
-            s = ns.score_file(detected, ns.window_rows(timestamps, labels[rel]), profile)
+            s = ns.score_file(detected, windows[rel], profile)
             scores.append(s)
             per_file.setdefault(rel, {})[profile_name] = dict(
                 s._asdict(), normalised=ns.normalised([s], len(labels[rel]), profile))
@@ -167,18 +167,20 @@ def validate(repo: str, data_dir: str, files: List[str], labels: dict, detectors
     """Re-score published detectors from their raw result files: every per-file raw score and count must match."""
     checked, mismatches = 0, []
     for detector in detectors:
+        raws = {}                       # each file's raw results, read once (a git show each) for the three profiles
+        for rel in files:
+            text = _raw_results(repo, detector, rel)
+            if text is None:
+                mismatches.append("%s %s: no raw results in %s" % (detector, rel, repo))
+                continue
+            raw = list(csv.DictReader(text.splitlines()))
+            raws[rel] = (np.array([float(r["anomaly_score"]) for r in raw]),
+                         ns.window_rows([ns.parse_time(r["timestamp"]) for r in raw], labels[rel]))
         for profile_name, profile in ns.PROFILES.items():
             with open(os.path.join(data_dir, "published_scores", "%s_%s_scores.csv" % (detector, profile_name))) as fh:
                 rows = {r["File"]: r for r in csv.DictReader(fh)}
-            for rel in files:
-                text = _raw_results(repo, detector, rel)
-                if text is None:
-                    mismatches.append("%s %s: no raw results in %s" % (detector, rel, repo))
-                    continue
-                raw = list(csv.DictReader(text.splitlines()))
-                timestamps = [ns.parse_time(r["timestamp"]) for r in raw]
-                detected = np.array([float(r["anomaly_score"]) for r in raw]) >= float(rows[rel]["Threshold"])
-                s = ns.score_file(detected, ns.window_rows(timestamps, labels[rel]), profile)
+            for rel, (anomaly_score, windows) in raws.items():
+                s = ns.score_file(anomaly_score >= float(rows[rel]["Threshold"]), windows, profile)
                 want = rows[rel]
                 counts = (s.tp, s.tn, s.fp, s.fn) == tuple(int(want[k]) for k in ("TP", "TN", "FP", "FN"))
                 checked += 1

@@ -66,8 +66,8 @@ def main(argv=None):
         detector = runtime.Detector.load(args.bundle)              # verifies every file's sha256
     except runtime.BundleError as exc:
         sys.exit("firmware_example.py: %s" % exc)
-    source = sys.stdin.buffer if args.readings == "-" else open(args.readings, "rb")
-    items = runtime.read_lines(source, detector.sensors)
+    source = sys.stdin.buffer if args.readings == "-" else open(args.readings, "rb")  # noqa: SIM115 (closed below)
+    items = runtime.read_lines(runtime.readings.byte_lines(source), detector.sensors)
     counts = {"scored": 0, "rejected": 0, "alarms": 0}
     while True:
         item = read_sensors(items)
@@ -90,6 +90,8 @@ def main(argv=None):
             alarm(item, result)
         if args.period:
             time.sleep(args.period)
+    if source is not sys.stdin.buffer:
+        source.close()
     print(json.dumps(counts), file=sys.stderr, flush=True)
     return 0
 

@@ -17,6 +17,8 @@ from edge_detector.runtime import (
     DEFAULT_GAP_FACTOR, DEFAULT_MAX_JUMP_S, ENGINE_CHOICES, MISSING_POLICIES, MODES, OUTPUT_FORMATS, BundleError,
     InputError, StreamPolicy,
 )
+from edge_detector.runtime.schema import VARIANTS
+from edge_detector.runtime.threshold import KINDS as THRESHOLD_KINDS
 from edge_detector.runtime.trust import load_trust
 
 
@@ -53,7 +55,7 @@ def _names(text):
 
 def _quantizations(text):
     names = _names(text) or ["none"]
-    allowed = ("none", "float16", "dynamic", "int8")
+    allowed = ("none",) + VARIANTS
     bad = [n for n in names if n not in allowed]
     if bad:
         raise click.BadParameter("%s: choose from %s" % (", ".join(bad), ", ".join(allowed)), param_hint="--quantize")
@@ -86,7 +88,7 @@ MODE_HELP = "hybrid: stage 2 only where stage 1 flags; lstm: stage 2 everywhere;
 engine_option = click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="numpy", show_default=True,
                              help=ENGINE_HELP)
 mode_option = click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True, help=MODE_HELP)
-variant_option = click.option("--variant", type=click.Choice(["float16", "dynamic", "int8"]), default=None,
+variant_option = click.option("--variant", type=click.Choice(VARIANTS), default=None,
                               help="A quantized stage-2 model of the bundle (export --quantize), run with --engine "
                               "tflite and its own threshold [default: the float32 model].")
 verbose_option = click.option("--verbose", is_flag=True,
@@ -160,7 +162,7 @@ def with_data_options(fn):
 @click.option("--epochs", default=None, type=int, help="Most LSTM epochs; early stopping ends sooner [30 or 15].")
 @click.option("--screen-share", default=None, type=float,
               help="Share of normal readings that stage 1 passes to stage 2 [0.08 or 0.5].")
-@click.option("--threshold", type=click.Choice(["static", "adaptive"]), default=None,
+@click.option("--threshold", type=click.Choice(THRESHOLD_KINDS), default=None,
               help="Stage-2 threshold: static (tau2 fixed at training) or adaptive (follows the stream's own "
               "recent normal scores on the device, frozen while an alarm lasts) [static or adaptive].")
 @click.option("--tau2-margin", default=None, type=click.FloatRange(min=1.0),
@@ -482,9 +484,9 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
     if password_file:
         with open(password_file, encoding="utf-8") as fh:
             password = fh.readline().rstrip("\r\n")
-    reloader = Reloader(bundle, engine=engine, mode=mode, trust=load_trust(trusted_keys, state_dir), variant=variant,
-                        watch=watch)
     with reported(BundleError):
+        reloader = Reloader(bundle, engine=engine, mode=mode, trust=load_trust(trusted_keys, state_dir),
+                            variant=variant, watch=watch)
         detector = reloader.load()
     policy = StreamPolicy(missing=missing, gap_factor=gap_factor, max_jump=max_jump)
     counts = run_bridge(detector, host=host, port=port, in_topic=in_topic, out_topic=out_topic, qos=qos,

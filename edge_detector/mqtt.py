@@ -53,6 +53,7 @@ import traceback
 from typing import Callable, Dict, NamedTuple, Optional
 
 from edge_detector.runtime import Detector, InputError, Rejected, StreamPolicy, StreamScorer
+from edge_detector.runtime.engines import engine_notice
 from edge_detector.runtime.events import event_writer
 from edge_detector.runtime.readings import MAX_LINE_BYTES, parse_json_line
 from edge_detector.runtime.reload import Reloader
@@ -219,6 +220,8 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
         raise ValueError("a persistent session needs a fixed client id: the broker keeps the session under it")
     mqtt = _paho()
     note = Notes(err if err is not None else sys.stderr)
+    if engine_notice(detector.engine):
+        note({"notice": engine_notice(detector.engine)})           # what --engine auto chose, as detect says it
     stop = stop if stop is not None else threading.Event()
     inbox, unsubscribed = Inbox(note, max_queue, max_payload), threading.Event()
     client = make_client(mqtt, client_id or "edge-detector-%d" % os.getpid(), persistent_session, username, password,

@@ -120,9 +120,8 @@ def convert_tflite(models: TrainedModels, path: str, quantize: str = "none",
     fleet of same-shaped models does; the parity gate checks the result like any other.
     """
     tf, tf_keras, _ = import_tf()
-    if reuse and quantize == "none":
-        blob = templated_tflite(tf, tf_keras, models)
-    else:
+    blob = templated_tflite(tf, tf_keras, models) if reuse and quantize == "none" else None
+    if blob is None:
         single = batch_one_model(tf_keras, models)
         single.set_weights(models.keras.get_weights())
         blob = tflite_bytes(tf, single, quantize, representative)
@@ -156,9 +155,9 @@ def tflite_bytes(tf, single, quantize: str = "none", representative: Optional[np
 _TEMPLATES: Dict[str, Optional[Template]] = {}       # per process: architecture -> template (None: cannot be one)
 
 
-def templated_tflite(tf, tf_keras, models: TrainedModels) -> bytes:
+def templated_tflite(tf, tf_keras, models: TrainedModels) -> Optional[bytes]:
     """The float32 TFLite model of ``models``, its weights written into this process' template of the architecture
-    (converted on first use); a full conversion where the architecture cannot be templated."""
+    (converted on first use); None where the architecture cannot be templated (then convert it in full)."""
     weights = models.keras.get_weights()
     config = models.meta["config"]
     key = json.dumps([models.meta["window"], models.meta["sensors"], config["lstm_units"], config["bottleneck"]])
@@ -170,11 +169,7 @@ def templated_tflite(tf, tf_keras, models: TrainedModels) -> bytes:
             _TEMPLATES[key] = make_template(tflite_bytes(tf, single), shapes)
         except TemplateError:
             _TEMPLATES[key] = None
-    if _TEMPLATES[key] is None:
-        single = batch_one_model(tf_keras, models)
-        single.set_weights(weights)
-        return tflite_bytes(tf, single)
-    return fill_template(_TEMPLATES[key], weights)
+    return None if _TEMPLATES[key] is None else fill_template(_TEMPLATES[key], weights)
 
 
 def convert_onnx(models: TrainedModels, path: str, tidy: bool = True) -> None:
@@ -338,7 +333,6 @@ def with_variants(manifest: dict, models: TrainedModels, data: Dataset, folder: 
     files = dict(manifest["files"], **{v["file"]: sha256_file(os.path.join(folder, v["file"]))
                                        for v in variants.values() if "file" in v})
     manifest = dict(manifest, files=files, variants=variants)
-    manifest.pop("manifest_sha256", None)
     manifest["manifest_sha256"] = manifest_digest(manifest)
     return manifest
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from edge_detector.export.data import ANOMALY_KINDS, Dataset, load_csv
 from edge_detector.export.metrics import aucs, confusion, continuous_scores, rates, split_start
-from edge_detector.runtime import MODES, Detector, InputError, batch_features
+from edge_detector.runtime import MODES, Detector, InputError, batch_features, load_manifest
 
 MODE_LABELS = {"iforest": "IF-only", "lof": "LOF", "lstm": "LSTM-only", "hybrid": "hybrid"}
 
@@ -100,7 +100,7 @@ def evaluate_csv(bundle: str, path: str, test_fraction: Optional[float] = None, 
                  model_dir: Optional[str] = None, sensors: Optional[Sequence[str]] = None,
                  label_col: Optional[str] = None, timestamp_col: Optional[str] = None) -> dict:
     """``evaluate`` on a CSV file's test rows (see ``test_split``): {"rows", "start", "split", "modes": report}."""
-    manifest = Detector.load(bundle).manifest
+    manifest = load_manifest(bundle)
     data = load_csv(path, sensors=list(sensors or manifest["sensors"]), label_col=label_col,
                     timestamp_col=timestamp_col)
     start, why = test_split(manifest, data, test_fraction)

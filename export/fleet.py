@@ -122,6 +122,11 @@ def machines_by_column(path: str, asset_col: str) -> List[Machine]:
     return out
 
 
+def select_machines(data: str, asset_col: Optional[str] = None, exclude: Sequence[str] = ()) -> List[Machine]:
+    """``find_machines`` without those whose name matches one of the ``exclude`` shell patterns."""
+    return [m for m in find_machines(data, asset_col) if not any(fnmatch.fnmatchcase(m.name, p) for p in exclude)]
+
+
 def find_machines(data: str, asset_col: Optional[str] = None) -> List[Machine]:
     """The machines of DATA: a folder with one CSV per machine, or one CSV split by ``asset_col``."""
     if os.path.isdir(data):
@@ -356,8 +361,7 @@ def _record_source(model_dir: str, source: str) -> None:
     with open(path) as fh:
         meta = json.load(fh)
     meta["training_data"]["path"] = source if os.path.isfile(source) else None
-    with open(path, "w") as fh:
-        json.dump(meta, fh, indent=2)
+    write_json(path, meta)
 
 
 def _sign_bundle(bundle_dir: str, sign_key: str) -> None:
@@ -383,7 +387,7 @@ def train_fleet(data: str, out: str, settings: Optional[FleetSettings] = None, a
         raise InputError("backend must be one of %s, got %r" % (", ".join(BACKENDS), backend))
     if workers < 1 or settings.threads < 1:
         raise InputError("workers and threads must be >= 1, got %d and %d" % (workers, settings.threads))
-    machines = [m for m in find_machines(data, asset_col) if not any(fnmatch.fnmatchcase(m.name, p) for p in exclude)]
+    machines = select_machines(data, asset_col, exclude)
     index = read_index(out) or {"schema": SCHEMA, "machines": {}}
     index.update(data=os.path.abspath(data), asset_col=asset_col, settings=settings._asdict(), backend=backend,
                  package_version=__version__)

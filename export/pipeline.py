@@ -9,6 +9,7 @@ import numpy as np
 from edge_detector.export.convert import export_bundle
 from edge_detector.export.data import ANOMALY_KINDS, generate, load_csv, write_csv
 from edge_detector.export.evaluate import evaluate
+from edge_detector.export.files import write_json
 from edge_detector.export.metrics import split_start
 from edge_detector.export.progress import Progress
 from edge_detector.export.train import TrainConfig, train
@@ -65,7 +66,6 @@ def run_demo(workdir: str, seed: int = 42, echo: Callable[[str], None] = print, 
     ``echo`` gets the numbered steps; the report is also written to ``workdir``/report.json.
     Returns evaluate's report of the test split.
     """
-    import json  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
     from edge_detector.runtime import Detector, run_stream  # noqa: PLC0415
@@ -87,6 +87,5 @@ def run_demo(workdir: str, seed: int = 42, echo: Callable[[str], None] = print, 
 
     os.makedirs(workdir, exist_ok=True)
     report = synthetic_pipeline(seed, paths, progress=progress, step=step, after_export=detect, verbose=verbose)
-    with open(os.path.join(workdir, "report.json"), "w") as fh:
-        json.dump(report, fh, indent=2)
+    write_json(os.path.join(workdir, "report.json"), report)
     return report

@@ -16,7 +16,7 @@ the split holds labelled anomalies) may differ by at most 0.01. A variant that d
 or misses its gate, is recorded with the reason and left out; the others are kept.
 """
 import os
-from typing import Dict, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -28,7 +28,6 @@ from edge_detector.runtime import TFLITE_FILE, Bundle, Detector, prepare_windows
 from edge_detector.runtime.engines import TFLiteStage2
 from edge_detector.runtime.windows import stage2_scores
 
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 MIN_AGREEMENT = 0.995
 MAX_F1_DIFF = 0.01
 
@@ -74,21 +73,34 @@ def hybrid_alarms(detector: Detector, values: np.ndarray) -> np.ndarray:
     return detector.score(values).is_anomaly
 
 
-def gate(models: TrainedModels, data: Dataset, bundle: Bundle, name: str, x_cal: np.ndarray) -> dict:
-    """The variant's parity figures on the calibration split; "error" says why it misses the gate, if it does."""
+class Reference(NamedTuple):
+    """What every variant is gated against, computed once: the originals' hybrid alarms on the calibration
+    readings [n] and Keras' stage-2 scores of the calibration windows [windows]."""
+    alarms: np.ndarray
+    keras_s2: np.ndarray
+
+
+def reference_of(models: TrainedModels, data: Dataset, bundle: Bundle, x_cal: np.ndarray) -> Reference:
     meta = models.meta
-    fit_end, train_end = meta["split"]["fit_end"], meta["split"]["train_end"]
-    values = np.asarray(data.values, dtype=np.float64)[:train_end]
+    values = np.asarray(data.values, dtype=np.float64)[:meta["split"]["train_end"]]
     reference = Detector(bundle, engine="numpy")
     originals = _Originals(models)
     reference.stage1, reference.stage2 = originals.stage1, originals.stage2
+    return Reference(hybrid_alarms(reference, values)[meta["split"]["fit_end"]:],
+                     stage2_scores(x_cal, originals.stage2, models.transform)[0])
+
+
+def gate(models: TrainedModels, data: Dataset, bundle: Bundle, name: str, variant_s2: np.ndarray,
+         ref: Reference) -> dict:
+    """The variant's parity figures on the calibration split (``variant_s2``: its scores of the calibration
+    windows); "error" says why it misses the gate, if it does."""
+    meta = models.meta
+    fit_end, train_end = meta["split"]["fit_end"], meta["split"]["train_end"]
+    values = np.asarray(data.values, dtype=np.float64)[:train_end]
     variant = Detector(bundle, engine="tflite", variant=name)
-    ref_alarms, got_alarms = hybrid_alarms(reference, values)[fit_end:], hybrid_alarms(variant, values)[fit_end:]
-    keras_s2 = stage2_scores(x_cal, originals.stage2, models.transform)[0]
-    variant_s2 = np.concatenate([stage2_scores(x_cal[i:i + 1], variant.stage2, models.transform)[0]
-                                 for i in range(len(x_cal))])
+    ref_alarms, got_alarms = ref.alarms, hybrid_alarms(variant, values)[fit_end:]
     out = {"readings": int(train_end - fit_end), "agreement": float(np.mean(ref_alarms == got_alarms)),
-           "max_rel_error": float(rel_error(variant_s2, keras_s2).max()),
+           "max_rel_error": float(rel_error(variant_s2, ref.keras_s2).max()),
            "f1_diff": None}
     labels = data.labels[fit_end:train_end] if data.labels is not None else None
     if labels is not None and labels.any():
@@ -102,7 +114,7 @@ def gate(models: TrainedModels, data: Dataset, bundle: Bundle, name: str, x_cal:
 
 
 def make_variant(models: TrainedModels, data: Dataset, folder: str, manifest: dict, name: str,
-                 convert, x_cal: np.ndarray, arrays: Dict[str, np.ndarray], sha256) -> dict:
+                 convert, x_cal: np.ndarray, arrays: Dict[str, np.ndarray], sha256, reference) -> dict:
     """Convert, calibrate and gate one variant in ``folder``; returns its manifest entry (with "error" if refused)."""
     path = os.path.join(folder, variant_file(name))
     try:
@@ -120,7 +132,8 @@ def make_variant(models: TrainedModels, data: Dataset, folder: str, manifest: di
     entry = {"file": variant_file(name), "bytes": os.path.getsize(path), "ops": ops, "tau2": tau2,
              "threshold": spec.to_dict()}
     trial = dict(manifest, files=dict(manifest["files"], **{entry["file"]: sha256(path)}), variants={name: entry})
-    entry["parity"] = gate(models, data, Bundle(folder, trial, arrays), name, x_cal)
+    bundle = Bundle(folder, trial, arrays)
+    entry["parity"] = gate(models, data, bundle, name, s2_cal, reference(bundle))
     if "error" in entry["parity"]:
         os.unlink(path)
         return {"error": "misses the parity gate: " + entry["parity"]["error"], "parity": entry["parity"]}
@@ -131,11 +144,17 @@ def make_variants(models: TrainedModels, data: Dataset, folder: str, manifest: d
                   arrays: Dict[str, np.ndarray], sha256, progress: Progress) -> Dict[str, dict]:
     """{variant: manifest entry} for every requested quantization but "none"."""
     x_cal = calibration_windows(models, data)
-    out = {}
+    out: Dict[str, dict] = {}
+    computed: List[Reference] = []
+
+    def reference(bundle: Bundle) -> Reference:         # the originals' side: once, for the first variant that needs it
+        if not computed:
+            computed.append(reference_of(models, data, bundle, x_cal))
+        return computed[0]
     for name in names:
         if name == "none":
             continue
-        out[name] = make_variant(models, data, folder, manifest, name, convert, x_cal, arrays, sha256)
+        out[name] = make_variant(models, data, folder, manifest, name, convert, x_cal, arrays, sha256, reference)
         e = out[name]
         if "error" in e:
             log(progress, "variant %-7s: left out: %s" % (name, e["error"]))

@@ -10,7 +10,7 @@ import json
 from typing import List, Optional, Tuple
 
 from edge_detector.runtime import InputError
-from edge_detector.runtime.bench import SCHEMA, STREAMS, run_device_bench
+from edge_detector.runtime.bench import MAX_STREAMS, SCHEMA, STREAMS, run_device_bench
 
 from .run import clean
 
@@ -44,8 +44,8 @@ def device_settings(device: dict) -> Tuple[List[str], int, List[int], int]:
     for name, value, top in (("readings", readings, 100000), ("ticks", ticks, 100000)):
         if not isinstance(value, int) or not 1 <= value <= top:
             raise InputError("device report: %s must be an integer in [1, %d], got %r" % (name, top, value))
-    if not all(1 <= k <= 4096 for k in streams):
-        raise InputError("device report: stream counts must be in [1, 4096], got %r" % streams)
+    if not all(1 <= k <= MAX_STREAMS for k in streams):
+        raise InputError("device report: stream counts must be in [1, %d], got %r" % (MAX_STREAMS, streams))
     return engines, readings, streams, ticks
 
 

@@ -13,6 +13,7 @@ from typing import List, Optional
 from .clock import DEFAULT_GAP_FACTOR, DEFAULT_MAX_JUMP_S
 from .detector import MODES
 from .engines import ENGINE_CHOICES
+from .schema import VARIANTS
 from .errors import BundleError, InputError
 from .events import OUTPUT_FORMATS
 from .stream import MISSING_POLICIES, StreamPolicy, detect
@@ -32,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="numpy", choices=ENGINE_CHOICES,
                    help="numpy (default): both stages in NumPy; tflite: stage 2 through LiteRT (pip install "
                    "ai-edge-litert); onnx: stage 1 through onnxruntime; auto: each where installed, said on stderr")
-    p.add_argument("--variant", default=None, choices=("float16", "dynamic", "int8"),
+    p.add_argument("--variant", default=None, choices=VARIANTS,
                    help="a quantized stage-2 model of the bundle (export --quantize), with --engine tflite")
     p.add_argument("--mode", default="hybrid", choices=MODES,
                    help="hybrid (default): stage 2 only where stage 1 flags; lstm: stage 2 on every reading; "

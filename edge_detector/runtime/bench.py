@@ -8,6 +8,7 @@ run). It writes JSON and Markdown; ``edge-detector bench --compare device.json``
 figures beside the workstation's. Nothing here needs the original models. Timings are measured
 and printed, never judged. Under emulation (qemu) they are not real times, and the report says so.
 """
+import argparse
 import gc
 import json
 import os
@@ -23,23 +24,20 @@ from .detector import MODES, Detector
 from .engines import engine_available
 from .multistream import MultiDetector
 from .errors import BundleError, InputError
-from .readings import Reading, byte_lines, read_lines
+from .readings import Reading, read_lines
+from .stream import open_input
 from .rss import peak_rss
 
 SCHEMA = "edge-detector-device-bench/1"
 STREAMS = (1, 4, 16, 64, 256)
+MAX_STREAMS = 4096                 # the most streams one curve point may have (the CLI's and a report's bound)
 PERCENTILES = (50, 90, 95, 99)
 
 
 def readings_of(path: str, sensors: Sequence[str]) -> np.ndarray:
     """The readings of a CSV or JSON Lines file that hold every sensor: [n, sensors]. Raises InputError."""
-    try:
-        fh = open(path, "rb")
-    except OSError as exc:
-        raise InputError("readings %r cannot be read (%s)" % (path, exc.strerror or exc)) from None
-    with fh:
-        rows = [r.values for r in read_lines(byte_lines(fh), sensors)
-                if isinstance(r, Reading) and not np.isnan(r.values).any()]
+    with open_input(path) as lines:
+        rows = [r.values for r in read_lines(lines, sensors) if isinstance(r, Reading) and not np.isnan(r.values).any()]
     if not rows:
         raise InputError("%s holds no complete reading of the sensors %s" % (path, ", ".join(sensors)))
     return np.stack(rows)
@@ -209,19 +207,17 @@ def markdown(report: dict) -> str:
 
 
 def _counts(text: str) -> List[int]:
-    """--streams: comma-separated stream counts in [1, 4096]."""
-    import argparse  # noqa: PLC0415
+    """--streams: comma-separated stream counts in [1, MAX_STREAMS]."""
     try:
         counts = [int(s) for s in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError("must be comma-separated integers, got %r" % text) from None
-    if not all(1 <= k <= 4096 for k in counts):
-        raise argparse.ArgumentTypeError("each stream count must be in [1, 4096], got %r" % text)
+    if not all(1 <= k <= MAX_STREAMS for k in counts):
+        raise argparse.ArgumentTypeError("each stream count must be in [1, %d], got %r" % (MAX_STREAMS, text))
     return counts
 
 
 def _positive(text: str) -> int:
-    import argparse  # noqa: PLC0415
     try:
         value = int(text)
     except ValueError:
@@ -232,7 +228,6 @@ def _positive(text: str) -> int:
 
 
 def main(argv: List[str]) -> int:
-    import argparse  # noqa: PLC0415
     p = argparse.ArgumentParser(prog="python3 -m runtime bench", description=__doc__.splitlines()[0])
     p.add_argument("bundle", help="the bundle folder")
     p.add_argument("data", help="readings to score: CSV with a header, or JSON Lines")

@@ -16,6 +16,7 @@ import numpy as np
 from .errors import BundleError
 from .features import FEATURE_FAMILIES
 from .lstm import DENSE_LAYERS, LSTM_LAYERS
+from .threshold import KINDS
 from .windows import REDUCTIONS
 
 MAX_SENSORS = 256
@@ -130,8 +131,8 @@ def check_adaptive(m: dict) -> None:
     t = m.get("threshold")
     if t is None:
         return
-    if not isinstance(t, dict) or t.get("kind", "static") not in ("static", "adaptive"):
-        raise _fail("threshold", "an object whose kind is static or adaptive", t)
+    if not isinstance(t, dict) or t.get("kind", "static") not in KINDS:
+        raise _fail("threshold", "an object whose kind is one of %s" % ", ".join(KINDS), t)
     if "quantile" in t and not 0 < _float("threshold.quantile", t["quantile"]) <= 1:
         raise _fail("threshold.quantile", "in (0, 1]", t["quantile"])
     if "history" in t:

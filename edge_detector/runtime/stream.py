@@ -292,8 +292,9 @@ def run_stream(detector: Detector, lines: Iterable, out, err, alarms_only: bool 
 
 
 @contextlib.contextmanager
-def _open_input(path: str):
-    # "-" is stdin; read as bytes and decoded line by line, so no byte can stop the stream
+def open_input(path: str):
+    """The lines of ``path`` as bytes ("-": stdin), decoded later line by line so no byte can stop a stream;
+    InputError naming the path for a folder, a missing file or one that cannot be read."""
     if path == "-":
         yield byte_lines(sys.stdin.buffer)
         return
@@ -339,5 +340,5 @@ def detect(bundle: str, source: str = "-", out: str = "-", err=None, engine: str
     err = err if err is not None else sys.stderr
     if engine_notice(engine):
         err.write(json.dumps({"notice": engine_notice(engine)}) + "\n")
-    with _open_input(source) as src, _open_output(out) as dst:
+    with open_input(source) as src, _open_output(out) as dst:
         return run_stream(detector, src, dst, err, alarms_only, policy, True, output_format, stream_col, reloader)
