@@ -2,10 +2,10 @@
 
 The device side is ``edge_detector.runtime`` (NumPy only); the workstation side is
 ``edge_detector.export``; the command line is ``edge_detector.cli``; the benchmark of every
-engine is ``edge_detector.bench``.
+engine is ``edge_detector.export.bench``.
 
 The public names below load the runtime on first use, so that importing this package alone
-(as ``python -m edge_detector.bench.cold_start`` does before it starts its clock) costs
+(as ``python -m edge_detector.export.bench.cold_start`` does before it starts its clock) costs
 nothing but Python.
 """
 import importlib

@@ -371,7 +371,7 @@ def bench(bundle, data, engines, model_dir, threads, runs, warmup, max_seconds, 
         edge-detector bench demo-run/bundle demo-run/data.csv --model demo-run/model --json bench.json
         edge-detector bench demo-run/bundle demo-run/data.csv --compare pi-bench.json
     """
-    from edge_detector.bench import format_table, run_bench, write_markdown, write_plots  # noqa: PLC0415
+    from edge_detector.export.bench import format_table, run_bench, write_markdown, write_plots  # noqa: PLC0415
     if model_dir is None:
         sibling = os.path.join(os.path.dirname(os.path.abspath(bundle)), "model")
         model_dir = sibling if os.path.isfile(os.path.join(sibling, "model.json")) else None
@@ -380,7 +380,7 @@ def bench(bundle, data, engines, model_dir, threads, runs, warmup, max_seconds, 
                            progress=_echo_err, warmup=warmup, max_seconds=max_seconds, test_fraction=test_fraction,
                            command=" ".join(["edge-detector"] + sys.argv[1:]), verbose=verbose)
         if device_json:
-            from edge_detector.bench.compare import compare_with_device, load_device_report  # noqa: PLC0415
+            from edge_detector.export.bench.compare import compare_with_device, load_device_report  # noqa: PLC0415
             _echo_err("device bench here, with the settings of %s" % device_json)
             report["device_comparison"] = compare_with_device(bundle, data, load_device_report(device_json))
     click.echo(format_table(report))
@@ -410,7 +410,7 @@ def package(bundle, out, sign_key):
 
         edge-detector package bundle/ --out gateway.tar.gz
     """
-    from edge_detector.package import build_package  # noqa: PLC0415
+    from edge_detector.export.package import build_package  # noqa: PLC0415
     if not out.endswith((".tar.gz", ".tgz")):
         raise click.BadParameter("%r: the archive is a gzip tar, so its name must end in .tar.gz or .tgz" % out,
                                  param_hint="--out")

@@ -67,7 +67,7 @@ def arm64_root():
 @pytest.mark.parametrize("mode", ["hybrid", "lstm"])
 def test_packaged_runtime_scores_like_x86_on_bookworm_arm64(arm64_root, trained, synthetic, tmp_path, capsys, mode):
     """hybrid (the default) runs stage 2 on stage-1 suspects only; lstm runs it on every reading."""
-    from edge_detector.package import build_package
+    from edge_detector.export.package import build_package
     from edge_detector.runtime import Detector
     root, root_seconds = arm64_root
     _, bundle = trained
@@ -163,7 +163,7 @@ def test_mirror_comes_from_the_apt_sources(tmp_path):
 
 def test_device_bench_runs_on_bookworm_arm64_and_says_its_times_are_emulated(arm64_root, trained, synthetic,
                                                                                 tmp_path):
-    from edge_detector.package import build_package
+    from edge_detector.export.package import build_package
     _, bundle = trained
     _, csv_path = synthetic
     readings = _tail_csv(csv_path, tmp_path / "readings.csv")

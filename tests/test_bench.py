@@ -18,7 +18,7 @@ TEST_FRACTION = 0.2
 def bench(trained, synthetic):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("ai_edge_litert")
-    from edge_detector.bench import run_bench
+    from edge_detector.export.bench import run_bench
     model_dir, bundle = trained
     _, csv_path = synthetic
     messages = []
@@ -122,7 +122,7 @@ def test_report_is_well_formed_json(bench, synthetic):
             assert 0 <= per[mode]["stage2_share"] <= 1
         assert per["lstm"]["stage2_share"] == 1.0
         assert per["hybrid_over_lstm"] == pytest.approx(per["hybrid"]["mean_ms"] / per["lstm"]["mean_ms"])
-    from edge_detector.bench import GOALS
+    from edge_detector.export.bench import GOALS
     assert set(report["goals"]) == set(GOALS)
     for name, g in report["goals"].items():
         assert g["value"] == pytest.approx(g["numerator"] / g["denominator"]), name
@@ -167,7 +167,7 @@ def test_decision_agreement_and_f1_difference(bench, reference):
 
 
 def test_table_markdown_and_plots(bench, tmp_path):
-    from edge_detector.bench import format_table, write_markdown, write_plots
+    from edge_detector.export.bench import format_table, write_markdown, write_plots
     report, _ = bench
     table = format_table(report)
     for title in ("Stage 1", "Stage 2", "per reading", "Accuracy", "Speed goals", "cold start"):
@@ -185,7 +185,7 @@ def test_table_markdown_and_plots(bench, tmp_path):
 
 
 def test_without_model_folder_the_originals_are_skipped_with_a_note(trained, synthetic):
-    from edge_detector.bench import format_table, run_bench
+    from edge_detector.export.bench import format_table, run_bench
     _, bundle = trained
     _, csv_path = synthetic
     report = run_bench(str(bundle), str(csv_path), engines=("numpy", "original"), runs=3, warmup=0,
@@ -207,7 +207,7 @@ def test_compare_puts_a_device_report_beside_this_machine(trained, synthetic, tm
     from click.testing import CliRunner
 
     from edge_detector.cli import cli
-    from edge_detector.runtime.bench import run_device_bench
+    from edge_detector.runtime.device_bench import run_device_bench
     _, bundle = trained
     _, csv_path = synthetic
     device = run_device_bench(str(bundle), str(csv_path), ["numpy"], readings=50, streams=[1, 4], ticks=5)

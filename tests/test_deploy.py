@@ -63,7 +63,7 @@ def test_package_holds_bundle_runtime_runsh_readme_and_checksums(archive, traine
 
 
 def test_package_write_is_atomic(trained, tmp_path, monkeypatch):
-    from edge_detector import package
+    from edge_detector.export import package
     _, bundle = trained
     out = tmp_path / "gateway.tar.gz"
     out.write_bytes(b"the previous archive")
@@ -290,7 +290,7 @@ def test_systemd_analyze_verify(tmp_path):
 
 
 def _shell_scripts(tmp_path):
-    from edge_detector.package import RUN_SH
+    from edge_detector.export.package import RUN_SH
     run_sh = tmp_path / "run.sh"
     run_sh.write_text(RUN_SH)
     return [DEPLOY / "install.sh", run_sh]

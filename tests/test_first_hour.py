@@ -243,7 +243,7 @@ def test_the_latency_plot_uses_linear_axes_from_zero_and_says_one_thread(tmp_pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edge_detector.bench import plots
+    from edge_detector.export.bench import plots
     m = {"mean_ms": 0.18, "p95_ms": 0.2}
     report = {"settings": {"threads": 1}, "stage1": {"numpy": m, "onnx": {"mean_ms": 0.42, "p95_ms": 0.5}},
               "stage2": {"numpy": {"1": m, "256": {"mean_ms": 46.0, "p95_ms": 50.0}}},

@@ -32,7 +32,7 @@ print(json.dumps({"stage1": [s.stage1 for s in scores],
 
 def ship_runtime(folder):
     """Write the runtime folder exactly as ``edge-detector package`` ships it into ``folder``."""
-    from edge_detector.package import runtime_files
+    from edge_detector.export.package import runtime_files
     for name, data in runtime_files().items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)

@@ -173,7 +173,7 @@ def test_the_shipped_runtime_verifies_with_ssh_keygen_alone(numpy_only_python, s
 
 
 def _archive(signed, key, tmp_path, name="gateway.tar.gz"):
-    from edge_detector.package import build_package
+    from edge_detector.export.package import build_package
     archive = tmp_path / name
     build_package(str(signed), str(archive), sign_key=str(key))
     return archive

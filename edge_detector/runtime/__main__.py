@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
-        from .bench import main as bench  # noqa: PLC0415 (only the bench needs it)
+        from .device_bench import main as bench  # noqa: PLC0415 (only the bench needs it)
         return bench(argv[1:])
     args = parser().parse_intermixed_args(argv)
     policy = StreamPolicy(missing=args.missing, gap_factor=args.gap_factor, max_jump=args.max_jump)

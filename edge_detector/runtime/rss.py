@@ -1,6 +1,6 @@
 """This process's peak resident memory, with the standard library alone.
 
-``edge_detector.bench.cold_start`` loads this file by path in a fresh interpreter, before NumPy
+``edge_detector.export.bench.cold_start`` loads this file by path in a fresh interpreter, before NumPy
 or this package is imported, so it must import nothing but the standard library.
 """
 import os

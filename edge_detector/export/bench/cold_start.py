@@ -2,10 +2,10 @@
 
 The child side is this module run as a program, with its arguments as one JSON object::
 
-    python -m edge_detector.bench.cold_start '{"engine": "numpy", "bundle": "...", "window": [[...]], ...}'
+    python -m edge_detector.export.bench.cold_start '{"engine": "numpy", "bundle": "...", "window": [[...]], ...}'
 
 It prints one JSON line. The parent side is ``cold_start``, which runs it in a fresh
-``sys.executable``. ``-m`` imports the ``edge_detector`` and ``edge_detector.bench`` packages
+``sys.executable``. ``-m`` imports the ``edge_detector`` and ``edge_detector.export.bench`` packages
 first; both load their names lazily and import the standard library alone, so the child's
 first reading of the clock and of its RSS sees Python alone. This module too imports the
 standard library alone at module level; the child imports NumPy and the runtime (and, for the
@@ -28,7 +28,8 @@ def _load_rss():
     # The runtime's stdlib-only rss.py, loaded by path: importing it as edge_detector.runtime.rss would run
     # the runtime package's __init__ (and NumPy) before the child's first RSS reading.
     import importlib.util  # noqa: PLC0415
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runtime", "rss.py")
+    package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # edge_detector/
+    path = os.path.join(package, "runtime", "rss.py")
     spec = importlib.util.spec_from_file_location("_edge_detector_runtime_rss", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -152,7 +153,7 @@ def cold_start(engine: str, bundle: str, window, threads: int, model_dir: Option
     """
     args = _child_args(engine, bundle, window, threads, model_dir)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "edge_detector.bench.cold_start", json.dumps(args)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "edge_detector.export.bench.cold_start", json.dumps(args)], capture_output=True,
                           text=True, env=_child_env(threads), timeout=timeout,
                           cwd=os.path.dirname(os.path.abspath(bundle)))
     wall = time.perf_counter() - t0

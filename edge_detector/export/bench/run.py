@@ -275,7 +275,7 @@ def run_bench(bundle: str, data_csv: str, engines: Sequence[str] = BENCH_ENGINES
         goals{name: {description, value, goal, op, met, numerator, denominator, retired (why a goal is no
             longer judged, or null)}},
         device_comparison (only with the CLI's --compare): {here: D, device: D}, D being the device
-            bench's report (runtime.bench: schema, machine, emulated, engines{engine: {cold_start,
+            bench's report (runtime.device_bench: schema, machine, emulated, engines{engine: {cold_start,
             hybrid, lstm, streams}}, peak_rss_bytes)
 
     where M = {first_inference_ms, warmup_runs, runs, items_per_run, mean_ms, std_ms, min_ms,

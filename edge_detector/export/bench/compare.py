@@ -10,7 +10,7 @@ import json
 from typing import List, Optional, Tuple
 
 from edge_detector.runtime import InputError
-from edge_detector.runtime.bench import MAX_STREAMS, SCHEMA, STREAMS, run_device_bench
+from edge_detector.runtime.device_bench import MAX_STREAMS, SCHEMA, STREAMS, run_device_bench
 
 from .run import clean
 
