@@ -141,9 +141,8 @@ def score_distributions(r: ReportData):
             ax.axvline(value, color="k", ls=("--", ":")[k % 2], lw=1, label="%s = %.3g" % (name, value))
         if log:
             ax.set_xscale("log")
-        ax.set_yscale("log")
         ax.set_xlabel(title)
-        ax.set_ylabel("density (log)")
+        ax.set_ylabel("density (each group sums to 1)")
         ax.legend(fontsize=8, framealpha=0.9)
     fig.suptitle("Score distributions on the test rows%s" % (", normal against anomalous" if r.labels is not None
                                                                else ""), fontsize=11)
@@ -171,8 +170,8 @@ def roc_pr_curves(r: ReportData):
     pr.axhline(y.mean(), color="0.7", ls="--", lw=1, label="chance (%.3f)" % y.mean())
     roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.02))
     pr.set(xlabel="recall", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.02))
-    roc.legend(loc="lower right", fontsize=8)
-    pr.legend(loc="lower left", fontsize=8)
+    roc.legend(loc="best", fontsize=8)
+    pr.legend(loc="best", fontsize=8)
     fig.suptitle("Every mode on the test rows (%d readings, %d anomalous)" % (y.size, y.sum()), fontsize=11)
     return fig
 
@@ -232,7 +231,7 @@ def contributions_over_time(r: ReportData):
     top_sensor = np.argmax(hybrid.shares[alarm_rows], axis=1) if alarm_rows.size else alarm_rows
     for k in range(len(names)):
         rows = alarm_rows[top_sensor == k]
-        a2.scatter(x[rows], np.full(rows.size, k), s=40, color="C%d" % (k % 10), marker="|")
+        a2.scatter(x[rows], np.full(rows.size, k), s=40, color="k", marker="|", label="alarm" if k == 0 else None)
     _mark_labels(a2, r, x)
     a2.set_yticks(range(len(names)))
     a2.set_yticklabels(names, fontsize=8)
