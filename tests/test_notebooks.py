@@ -31,4 +31,3 @@ def test_the_notebook_runs(path, tmp_path):
     NotebookClient(book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == []
-    assert (tmp_path / "work").is_dir()
