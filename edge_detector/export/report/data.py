@@ -27,7 +27,7 @@ class ModeResult(NamedTuple):
 
 
 class Event(NamedTuple):
-    """A run of alarms (gaps shorter than ``merge`` readings joined)."""
+    """A run of alarms (gaps of up to ``merge`` readings joined: W / 5 in a report)."""
     start: int                   # first alarmed row
     end: int                     # last alarmed row
     top_sensor: Optional[str]    # the sensor with the largest summed stage-2 share over the run
@@ -258,7 +258,8 @@ def load_report_data(bundle: str, data_path: str, model_dir: Optional[str] = Non
     detector = Detector.load(bundle, engine=engine)
     hybrid = modes["hybrid"].scores
     trace = threshold_trace(detector, hybrid.stage2, hybrid.stage2_ran)
-    events = alarm_events(hybrid.is_anomaly, hybrid.shares, detector.sensors, data.labels, merge=detector.window)
+    events = alarm_events(hybrid.is_anomaly, hybrid.shares, detector.sensors, data.labels,
+                          merge=max(1, detector.window // 5))
     return ReportData(data, data_path, label_source, start, split, manifest, detector, modes, trace, events, history,
                       model_meta, dominant_period(data.values))
 

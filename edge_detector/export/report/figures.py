@@ -136,13 +136,14 @@ def score_distributions(r: ReportData):
             ("normal", values[~r.labels[ok]]), ("anomalous", values[r.labels[ok]])]
         for (name, v), colour in zip(groups, ("C0", "C3")):
             if v.size:
-                ax.hist(v, bins=bins, density=True, alpha=0.55, color=colour, label="%s (%d)" % (name, v.size))
+                ax.hist(v, bins=bins, weights=np.full(v.size, 1.0 / v.size), alpha=0.55, color=colour,
+                        label="%s (%d)" % (name, v.size))
         for k, (value, name) in enumerate(lines):
             ax.axvline(value, color="k", ls=("--", ":")[k % 2], lw=1, label="%s = %.3g" % (name, value))
         if log:
             ax.set_xscale("log")
         ax.set_xlabel(title)
-        ax.set_ylabel("density (each group sums to 1)")
+        ax.set_ylabel("share of the group's readings")
         ax.legend(fontsize=8, framealpha=0.9)
     fig.suptitle("Score distributions on the test rows%s" % (", normal against anomalous" if r.labels is not None
                                                                else ""), fontsize=11)
@@ -258,7 +259,7 @@ def training_history(r: ReportData):
         best = int(np.argmin(h["val_loss"]))
         a1.axvline(epochs[best], color="0.6", ls=":", lw=1, label="best epoch (kept)")
     a1.set(xlabel="epoch", ylabel="MSE", title="LSTM autoencoder")
-    a1.legend(fontsize=8)
+    a1.legend(loc="best", fontsize=8)
     seconds = dict(h.get("fit_seconds") or {})
     total = (r.model_meta or {}).get("train_seconds")
     if not seconds and total is not None:

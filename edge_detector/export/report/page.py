@@ -86,16 +86,25 @@ def event_table(r: ReportData) -> str:
     rows = []
     for e in r.events[:MAX_EVENT_ROWS]:
         readings = e.end - e.start + 1
-        duration = "%d readings" % readings + (" (%s)" % _span(readings * interval) if interval else "")
+        duration = _readings(readings) + (" (%s)" % _span(readings * interval) if interval else "")
         delay = "" if r.labels is None else ("no labelled anomaly" if e.delay is None else
-                                             "%+d readings" % e.delay + (" (%s)" % _span(e.delay * interval)
-                                                                          if interval else ""))
+                                             _readings(e.delay, signed=True)
+                                             + (" (%s)" % _span(e.delay * interval) if interval else ""))
         rows.append([len(rows) + 1, _when(r, e.start), _when(r, e.end), duration, e.top_sensor or "-"]
                     + ([delay] if r.labels is not None else []) + ["test" if e.start >= r.start else "training"])
     head = ["#", "start", "end", "duration", "top sensor"] + (
         ["delay from the labelled start"] if r.labels is not None else []) + ["rows"]
     more = len(r.events) - MAX_EVENT_ROWS
     return _table(head, rows) + ("<p class=\"note\">%d more events not listed.</p>" % more if more > 0 else "")
+
+
+def _readings(n: int, signed: bool = False) -> str:
+    """A count of readings in words.
+
+    >>> _readings(1), _readings(12), _readings(-1, signed=True), _readings(0, signed=True)
+    ('1 reading', '12 readings', '-1 reading', '+0 readings')
+    """
+    return ("%+d" if signed else "%d") % n + (" reading" if abs(n) == 1 else " readings")
 
 
 def _span(seconds: float) -> str:
@@ -116,8 +125,8 @@ def summary(r: ReportData) -> str:
     d, n = r.detector, len(r.data.values)
     hybrid = r.modes["hybrid"]
     lines = [
-        "Data: %s, %d readings of %d sensors (%s)." % (os.path.basename(r.path), n, len(d.sensors),
-                                                       ", ".join(d.sensors)),
+        "Data: %s, %d readings of %d sensor%s (%s)." % (os.path.basename(r.path), n, len(d.sensors),
+                                                         "" if len(d.sensors) == 1 else "s", ", ".join(d.sensors)),
         "Bundle: window %d, stage-2 threshold %s (tau2 %.4g), stage 1 passes %.1f%% of the test readings to stage 2; "
         "%d alarms in %d events on the whole file, %d of them in the test rows."
         % (d.window, d.threshold_spec.kind, d.tau2, 100 * hybrid.scores.stage2_ran[r.start:].mean(),
