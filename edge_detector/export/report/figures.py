@@ -277,17 +277,22 @@ def training_history(r: ReportData):
     return fig
 
 
+def _sensor_grid(n: int):
+    """(figure, the first ``n`` axes of a grid 4 wide), the grid's spare axes hidden: one panel per sensor."""
+    plt = pyplot()
+    cols = min(4, n)
+    rows = int(np.ceil(n / cols))
+    fig, grid = plt.subplots(rows, cols, figsize=(WIDTH, 0.8 + 2.4 * rows), squeeze=False, layout="constrained")
+    for ax in grid.flat[n:]:
+        ax.axis("off")
+    return fig, list(grid.flat[:n])
+
+
 def exploration_distributions(r: ReportData):
     """A histogram per sensor (at most 12), the labelled readings apart where labels exist."""
-    plt = pyplot()
     names = r.data.sensors[:MAX_SENSOR_PANELS]
-    cols = min(4, len(names))
-    rows = int(np.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, 0.6 + 2.4 * rows), squeeze=False, layout="constrained")
-    for k, ax in enumerate(axes.flat):
-        if k >= len(names):
-            ax.axis("off")
-            continue
+    fig, axes = _sensor_grid(len(names))
+    for k, ax in enumerate(axes):
         v = r.data.values[:, k]
         bins = np.histogram_bin_edges(v, 50)
         if r.labels is None:
@@ -299,7 +304,7 @@ def exploration_distributions(r: ReportData):
         ax.set_title(names[k], fontsize=9)
         ax.tick_params(labelsize=7)
     if r.labels is not None:
-        axes[0, 0].legend(fontsize=7)
+        axes[0].legend(fontsize=7)
     fig.suptitle("Distribution of each sensor (count, log)", fontsize=11)
     return fig
 
@@ -334,7 +339,6 @@ def seasonal_view(r: ReportData):
     (at most 96 phase bins), where the data has a period."""
     if r.period is None:
         return None
-    plt = pyplot()
     p = r.period
     names = r.data.sensors[:MAX_SENSOR_PANELS]
     bins = min(p, 96)
@@ -342,13 +346,8 @@ def seasonal_view(r: ReportData):
     interval = r.interval_s
     unit, per_bin = ("hours", p * interval / 3600 / bins) if interval else ("readings", p / bins)
     centres = (np.arange(bins) + 0.5) * per_bin
-    cols = min(4, len(names))
-    rows = int(np.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, 0.8 + 2.4 * rows), squeeze=False, layout="constrained")
-    for k, ax in enumerate(axes.flat):
-        if k >= len(names):
-            ax.axis("off")
-            continue
+    fig, axes = _sensor_grid(len(names))
+    for k, ax in enumerate(axes):
         v = r.data.values[:, k]
         q = np.array([np.quantile(v[phase == b], [0.1, 0.5, 0.9]) for b in range(bins)])   # [bins, 3]
         ax.fill_between(centres, q[:, 0], q[:, 2], alpha=0.3, color="C0", lw=0, label="10-90%")
@@ -356,7 +355,7 @@ def seasonal_view(r: ReportData):
         ax.set_title(names[k], fontsize=9)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("%s into the period" % unit, fontsize=7)
-    axes[0, 0].legend(fontsize=7)
+    axes[0].legend(fontsize=7)
     fig.suptitle("Seasonal view: folded at the dominant period, %s (%d cycles)"
                  % (describe_period(r), len(r.data.values) // p), fontsize=11)
     return fig
