@@ -270,8 +270,8 @@ def training_history(r: ReportData):
         for k, n in enumerate(names):
             a2.text(seconds[n], k, " %.2f s" % seconds[n], va="center", fontsize=8)
         a2.set_xlim(0, max(seconds.values()) * 1.35 or 1)
-        a2.set(xlabel="seconds to fit", title="Training time per model%s" % (
-            " (whole run %.1f s)" % total if total is not None else ""))
+        a2.set(title="Training time per model", xlabel="seconds to fit%s" % (
+            " (whole training run: %.1f s)" % total if total is not None else ""))
     else:
         a2.axis("off")
     return fig
