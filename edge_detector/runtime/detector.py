@@ -13,7 +13,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .bundle import ONNX_FILE, TFLITE_FILE, Bundle, forest_arrays, load_bundle
-from .trust import Trust
+from .trust import Trust, record_version
 from .engines import ENGINE_CHOICES, OnnxStage1, TFLiteStage2, numpy_stage1, numpy_stage2, stage_engines
 from .errors import MAX_ABS_VALUE, BundleError, InputError, check_choice, valid_values
 from .features import FeatureSpec, FeatureState, batch_features, features_of_states
@@ -156,17 +156,22 @@ class Detector:
 
     @classmethod
     def load(cls, path: str, engine: str = "numpy", mode: str = "hybrid", threads: Optional[int] = None,
-             trust: Optional[Trust] = None, variant: Optional[str] = None) -> "Detector":
+             trust: Optional[Trust] = None, variant: Optional[str] = None, record: bool = True) -> "Detector":
         """Load a bundle directory, verifying its manifest and checksums first (and, with ``trust``, its signature
         and version: ``trust.load_trust(keys_file)``). ``variant`` picks a quantized stage-2 model (float16,
-        dynamic, int8: ``export --quantize``) for the tflite engine, with its own threshold."""
+        dynamic, int8: ``export --quantize``) for the tflite engine, with its own threshold. With ``trust``, the
+        version is recorded in the ledger once the Detector is built, unless ``record`` is False (a caller with
+        checks of its own records it with ``trust.record_version`` once the bundle is accepted)."""
         check_choice("engine", engine, ENGINE_CHOICES)
         check_choice("mode", mode, MODES)
         bundle = load_bundle(path, trust)
         try:
-            return cls(bundle, engine=engine, mode=mode, threads=threads, variant=variant)
+            detector = cls(bundle, engine=engine, mode=mode, threads=threads, variant=variant)
         except KeyError as exc:
             raise BundleError("bundle %r: weights or manifest lack %s" % (path, exc)) from None
+        if trust is not None and record:
+            record_version(path, detector.manifest, trust)
+        return detector
 
     @property
     def engines(self) -> Dict[str, str]:
