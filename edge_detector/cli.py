@@ -321,6 +321,8 @@ def evaluate(bundle, data, sensors, label_col, timestamp_col, model_dir, test_fr
     with reported(BundleError, InputError):
         result = evaluate_csv(bundle, data, test_fraction, engine, model_dir, _names(sensors), label_col,
                               timestamp_col)
+    for notice in result["notices"]:
+        _echo_err(notice)
     _echo_err(result["split"])
     click.echo(comparison_table(result["modes"]))
     if json_out:
