@@ -140,12 +140,14 @@ class Detector:
     def _stages(self, bundle: Bundle, engine: str, threads: Optional[int]):
         stage1_engine, stage2_engine = stage_engines(engine)
         if stage1_engine == "onnx":
-            stage1 = OnnxStage1(bundle.file(ONNX_FILE), float(self.manifest["iforest_offset"]), threads)
+            stage1 = OnnxStage1(bundle.file(ONNX_FILE), float(self.manifest["iforest_offset"]), threads,
+                                model=bundle.read(ONNX_FILE))
         else:
             stage1 = numpy_stage1(forest_arrays(bundle.arrays))
         if stage2_engine == "numpy":
             return stage1, numpy_stage2(bundle.arrays)
-        stage2 = TFLiteStage2(bundle.file(self.variant["file"] if self.variant else TFLITE_FILE), threads)
+        name = self.variant["file"] if self.variant else TFLITE_FILE
+        stage2 = TFLiteStage2(bundle.file(name), threads, model=bundle.read(name))
         expected = (1, self.window, len(self.sensors))
         if stage2.input_shape != expected:
             raise BundleError("%s: input shape %s does not match the manifest's window and sensors %s"
