@@ -3,8 +3,9 @@
 Each test plays an attacker (or an unlucky plant) against the gateway: files swapped between check
 and use, symlinks, FIFOs, oversized inputs, truncated or garbage signatures, a planted module in the
 working directory, a rollback through a switched symlink. Each test failed on the code before
-issue 21 (the case it reproduces is named in its docstring); deploy/README.md's threat table points
-here. Keys come from ``ssh-keygen``; install.sh runs in a temporary prefix as in tests/test_deploy.py.
+issue 21 (the case it reproduces is named in its docstring), except the last two, which hold the
+threat table's other rows (fast-forward, mix-and-match, a removed key) and its test names;
+deploy/README.md's threat table points here. Keys come from ``ssh-keygen``; install.sh runs in a temporary prefix as in tests/test_deploy.py.
 """
 import base64
 import hashlib
@@ -340,10 +341,10 @@ def test_the_telegraf_examples_score_only_the_owners_bundles(trained, keys, synt
                          ("/opt/edge-detector/venv/bin/edge-detector", edge_detector or "edge-detector"),
                          ("/var/lib/telegraf/edge-detector", str(tmp_path / "state")), ("/opt/edge-detector", str(opt))):
             shell = shell.replace(old, new)
-        assert "--trusted-keys" in shell
         proc = subprocess.run(["/bin/sh", "-c", shell], capture_output=True, text=True, timeout=120,
                               env=dict(REPO_ENV, PYTHON=sys.executable))
         assert proc.returncode == 1 and "is not signed (no manifest.sig)" in proc.stderr, (shell, proc.stderr[-500:])
+        assert "--trusted-keys" in shell
     # the owner's signed bundle in its place is scored
     shutil.rmtree(opt / "bundle")
     signed_bundle(trained, opt / "bundle", 1, owner)
