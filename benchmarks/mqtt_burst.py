@@ -11,7 +11,7 @@ session, and a publisher that sends ``--readings`` readings (synthetic, seed 42,
 each with its timestamp) at QoS 1 as fast as the broker takes them. The broker is restarted
 ``--restarts`` times while the bridge is behind (SIGTERM, so it saves its state; ``--kill``
 uses SIGKILL, which loses what it held since its last save: a broker fault, not the bridge's).
-``--pad`` adds a padding field to each payload (an ignored key, ``"note"``) to make messages
+``--pad`` adds a padding field to each payload (``anomaly_type``, a key readings may carry and the bridge ignores) to make messages
 bigger, for the memory bound.
 
 Counts, printed as a table (and written with ``--json``): readings sent (acknowledged by the
@@ -86,17 +86,28 @@ def payloads(n: int, pad: int = 0) -> List[str]:
     from edge_detector.export.data import generate
     values = generate(n=max(n, 1000), seed=42).values[:n]
     t0 = 1_700_000_000
-    note = {"note": "x" * pad} if pad else {}
+    note = {"anomaly_type": "x" * pad} if pad else {}
     return [json.dumps(dict({"timestamp": str(t0 + 60 * i)}, **{"sensor_%d" % (k + 1): round(float(v), 6)
                                                                  for k, v in enumerate(row)}, **note))
             for i, row in enumerate(values)]
 
 
-def client(name: str, persistent: bool = False):
+def client(name: str):
+    """An MQTT 5 client (``connect`` asks for up to 65,535 messages in flight: a slow subscriber here must not be
+    the one whose messages the broker drops)."""
     import paho.mqtt.client as mqtt
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, clean_session=not persistent)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
     c.reconnect_delay_set(min_delay=0.2, max_delay=1)
     return c
+
+
+def connect(c, port: int, persistent: bool = False) -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600 if persistent else 0
+    props.ReceiveMaximum = 65535
+    c.connect("127.0.0.1", port, clean_start=not persistent, properties=props)
 
 
 class Subscriber:
@@ -106,7 +117,7 @@ class Subscriber:
         self.events, self.seen, self.lock = 0, {}, threading.Lock()
         self.last_change = time.time()
         self.ready = threading.Event()
-        self.c = client("edge-burst-sub", persistent=True)
+        self.c = client("edge-burst-sub")
 
         def on_message(c, userdata, message):
             ts = json.loads(message.payload)["timestamp"]
@@ -119,7 +130,7 @@ class Subscriber:
             c.subscribe(topic, qos=1)
         self.c.on_message, self.c.on_connect = on_message, on_connect
         self.c.on_subscribe = lambda *a: self.ready.set()
-        self.c.connect("127.0.0.1", port)
+        connect(self.c, port, persistent=True)
         self.c.loop_start()
         if not self.ready.wait(20):
             raise RuntimeError("the subscriber did not subscribe")
@@ -163,9 +174,9 @@ def start_bridge(bundle: str, port: int, workdir: str, code: str, mode: Optional
 def publish(port: int, messages: List[str], restart_at: List[int], restart) -> float:
     """Publish every message at QoS 1; restart the broker once each index in ``restart_at`` has been acknowledged.
     Returns the seconds the publishing took."""
-    pub = client("edge-burst-pub", persistent=True)
+    pub = client("edge-burst-pub")
     pub.max_inflight_messages_set(100)
-    pub.connect("127.0.0.1", port)
+    connect(pub, port, persistent=True)
     pub.loop_start()
     t0, start = time.time(), 0
     for stop in sorted(restart_at) + [len(messages)]:
