@@ -81,6 +81,13 @@ class Broker:
             self.proc.wait(30)
 
 
+def deploy_settings() -> str:
+    """deploy/mosquitto-edge.conf's queue and packet settings, as lines for a test broker's config."""
+    with open(os.path.join(REPO, "deploy", "mosquitto-edge.conf")) as fh:
+        return "".join(line for line in fh if line.split() and line.split()[0] in (
+            "max_queued_messages", "max_queued_bytes", "max_packet_size"))
+
+
 def payloads(n: int, pad: int = 0) -> List[str]:
     """n JSON readings of the synthetic generator (seed 42), one a minute, each with its timestamp."""
     from edge_detector.export.data import generate
@@ -152,11 +159,15 @@ def vm(pid: int, key: str) -> float:
     return float("nan")
 
 
-def start_bridge(bundle: str, port: int, workdir: str, code: str, mode: Optional[str], extra: List[str]):
+def start_bridge(bundle: str, port: int, workdir: str, code: str, mode: Optional[str], extra: List[str],
+                 persistent: bool = True):
+    """The bridge as the unit runs it (``persistent``: --persistent-session), every event published; returns
+    (process, its stderr's path) once it has subscribed."""
     env = dict(os.environ, PYTHONPATH=code, PYTHONUNBUFFERED="1")
+    session = ["--persistent-session", "--client-id", CLIENT_ID] if persistent else []
     cmd = [sys.executable, "-m", "edge_detector.cli", "mqtt", bundle, "--port", str(port), "--in-topic",
-           "burst/readings", "--out-topic", "burst/events", "--all-events", "--persistent-session", "--client-id",
-           CLIENT_ID] + (["--mode", mode] if mode else []) + extra
+           "burst/readings", "--out-topic", "burst/events", "--all-events"] + session + (
+               ["--mode", mode] if mode else []) + extra
     err = open(os.path.join(workdir, "bridge.err"), "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=workdir)
     deadline = time.time() + 120
@@ -196,12 +207,7 @@ def publish(port: int, messages: List[str], restart_at: List[int], restart) -> f
 def run(args) -> dict:
     messages = payloads(args.readings, args.pad)
     with tempfile.TemporaryDirectory(prefix="mqtt-burst-") as workdir:
-        queue_conf = ""
-        conf_path = os.path.join(REPO, "deploy", "mosquitto-edge.conf")
-        if os.path.exists(conf_path) and not args.default_broker:
-            with open(conf_path) as fh:
-                queue_conf = "".join(line for line in fh if line.split() and line.split()[0] in (
-                    "max_queued_messages", "max_queued_bytes", "max_inflight_messages", "max_inflight_bytes"))
+        queue_conf = "" if args.default_broker else deploy_settings()
         broker = Broker(workdir, queue_conf)
         broker.start()
         sub = Subscriber(broker.port, "burst/events")

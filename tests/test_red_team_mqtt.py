@@ -40,14 +40,16 @@ def test_kill_9_of_the_broker_mid_burst(restartable, trained):
     thread, stop, out, notes = _bridge(detector, broker.port, "kill9", persistent_session=True,
                                        client_id="edge-test-kill9", alarms_only=False)
     assert notes.subscribed.wait(30), "".join(notes.lines)
-    killer = threading.Timer(0.3, lambda: broker.stop(kill=True))
-    killer.start()
-    try:
-        _publish(broker.port, "kill9/readings", first)
-    except Exception:                                  # the publisher loses its broker too
-        pass
-    killer.join()
-    broker.stop(kill=True)
+    import paho.mqtt.client as mqtt
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="kill9-pub")
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    for k, p in enumerate(first):
+        pub.publish("kill9/readings", p, qos=1)
+        if k == 700:
+            broker.stop(kill=True)                     # mid-burst: the publisher loses its broker too
+    pub.loop_stop()
+    pub.disconnect()
     broker.start()
     assert _wait(lambda: "".join(notes.lines).count("subscribed to") >= 2, 40), "".join(notes.lines)
     _publish(broker.port, "kill9/readings", second)
