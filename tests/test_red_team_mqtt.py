@@ -30,12 +30,12 @@ def _run(bundle, port, topic, payloads, settle=1.0, **options):
 
 
 def test_kill_9_of_the_broker_mid_burst(restartable, trained):
-    """SIGKILL the broker while 1,500 readings flow (persistence on, nothing saved yet), start it again, publish
-    500 more: the bridge reconnects and subscribes again by itself, scores each reading it got exactly once (the
+    """SIGKILL the broker while 1,000 readings flow (persistence on, nothing saved yet), start it again, publish
+    300 more: the bridge reconnects and subscribes again by itself, scores each reading it got exactly once (the
     broker lost the rest: its fault, not the bridge's), and scores the new ones."""
     _, bundle = trained
     broker = restartable()
-    first, second = _readings(1500), _readings(500, start=1500)
+    first, second = _readings(1000), _readings(300, start=1000)     # within a day: no clock jump
     detector, release, scored = _held(bundle, hold_first=False)
     thread, stop, out, notes = _bridge(detector, broker.port, "kill9", persistent_session=True,
                                        client_id="edge-test-kill9", alarms_only=False)
@@ -46,7 +46,7 @@ def test_kill_9_of_the_broker_mid_burst(restartable, trained):
     pub.loop_start()
     for k, p in enumerate(first):
         pub.publish("kill9/readings", p, qos=1)
-        if k == 700:
+        if k == 400:
             broker.stop(kill=True)                     # mid-burst: the publisher loses its broker too
     pub.loop_stop()
     pub.disconnect()
@@ -58,7 +58,8 @@ def test_kill_9_of_the_broker_mid_burst(restartable, trained):
     thread.join(60)
     counts = out["counts"]
     assert len(scored) == len(set(scored)) == counts["scored"], "a reading scored twice"
-    assert set(_values(p) for p in second) <= set(scored)      # everything after the restart
+    missing = [k for k, p in enumerate(second) if _values(p) not in set(scored)]
+    assert not missing, (missing, counts, "".join(notes.lines)[-3000:])    # everything after the restart
     assert counts["read"] == counts["scored"] + counts["rejected"], counts
 
 
@@ -156,21 +157,18 @@ def test_hostile_payloads_under_load(restartable, trained):
     assert len(reasons) == n_hostile - too_big and all(reasons), reasons[:5]
 
 
-def test_a_broker_that_refuses_the_subscription(open_dir, restartable, trained):
-    """An ACL that denies the input topic: the broker refuses the subscription, and the bridge says so by name
-    (on main it said "subscribed" and waited for readings that never came)."""
+def test_a_broker_that_refuses_the_session(restartable, trained):
+    """A broker that takes only client ids with a given prefix refuses the bridge's persistent session: the
+    bridge says so by name (the broker's reason), retries, never subscribes or scores, and stops cleanly."""
     _, bundle = trained
-    acl = open_dir / "acl"
-    acl.write_text("topic readwrite other/#\n")
-    acl.chmod(0o644)
-    broker = restartable("acl_file %s\n" % acl)
+    broker = restartable("clientid_prefixes plant-\n")
     from edge_detector.mqtt import run_bridge
     from edge_detector.runtime import Detector
     from tests.test_mqtt_delivery import _Notes
     notes, stop = _Notes(), threading.Event()
     threading.Timer(3.0, stop.set).start()
-    counts = run_bridge(Detector.load(str(bundle)), port=broker.port, in_topic="denied/readings", err=notes,
-                        stop=stop, stop_on_signals=False)
+    counts = run_bridge(Detector.load(str(bundle)), port=broker.port, in_topic="refused/readings", err=notes,
+                        stop=stop, stop_on_signals=False, persistent_session=True, client_id="edge-test-refused")
     text = "".join(notes.lines)
-    assert counts["read"] == 0 and "refused the subscription to denied/readings" in text, text
-    assert "subscribed to" not in text, text
+    assert counts["read"] == 0 and "refused: Not authorized; retrying" in text, text
+    assert "subscribed to" not in text and "Traceback" not in text, text
