@@ -56,7 +56,7 @@ class Broker:
     """mosquitto on 127.0.0.1 with persistence in ``folder``; restartable on the same port."""
 
     def __init__(self, folder: str, extra: str = ""):
-        self.folder, self.port, self.proc = folder, free_port(), None
+        self.folder, self.port, self.proc, self.extra = folder, free_port(), None, extra
         self.conf = os.path.join(folder, "mosquitto.conf")
         with open(self.conf, "w") as fh:
             fh.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\n%s"
@@ -198,6 +198,9 @@ def publish(port: int, messages: List[str], restart_at: List[int], restart) -> f
         start = stop
         if stop < len(messages):
             restart()
+            deadline = time.time() + 30
+            while not pub.is_connected() and time.time() < deadline:   # paho reconnects by itself
+                time.sleep(0.05)
     seconds = time.time() - t0
     pub.loop_stop()
     pub.disconnect()
@@ -210,65 +213,81 @@ def run(args) -> dict:
         queue_conf = "" if args.default_broker else deploy_settings()
         broker = Broker(workdir, queue_conf)
         broker.start()
-        sub = Subscriber(broker.port, "burst/events")
-        bridge, err_path = start_bridge(args.bundle, broker.port, workdir, args.code, args.mode, args.bridge_arg)
-        peak = [0.0]
-        sampling = threading.Event()
-
-        def sample():
-            while not sampling.is_set():
-                peak[0] = max(peak[0], vm(bridge.pid, "VmHWM") if vm(bridge.pid, "VmHWM") == vm(
-                    bridge.pid, "VmHWM") else 0.0)
-                time.sleep(0.2)
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        restarts = []
-
-        def restart():
-            time.sleep(0.5)                          # the bridge is behind: thousands wait at the broker
-            restarts.append({"events_before": sub.events})
-            broker.stop(kill=args.kill)
-            time.sleep(1.0)
-            broker.start()
-        n_restarts = max(0, args.restarts)
-        restart_at = [len(messages) * (k + 1) // (n_restarts + 1) for k in range(n_restarts)]
-        t0 = time.time()
-        publish_s = publish(broker.port, messages, restart_at, restart)
-        # quiet: no new event for --quiet seconds (or every reading seen), bounded by --timeout
-        deadline = time.time() + args.timeout
-        while time.time() < deadline:
-            if len(sub.seen) >= len(messages) and time.time() - sub.last_change > 2.0:
-                break
-            if time.time() - sub.last_change > args.quiet:
-                break
-            time.sleep(0.2)
-        total_s = time.time() - t0
-        bridge.send_signal(signal.SIGTERM)
         try:
-            bridge.wait(60)
-        except subprocess.TimeoutExpired:
+            return measure(args, messages, broker, workdir)
+        finally:
+            broker.stop(kill=True)
+
+
+def measure(args, messages: List[str], broker: Broker, workdir: str) -> dict:
+    """Subscriber, bridge, publisher with the broker's restarts; the counts once the bridge is quiet."""
+    sub = Subscriber(broker.port, "burst/events")
+    bridge, err_path = start_bridge(args.bundle, broker.port, workdir, args.code, args.mode, args.bridge_arg)
+    try:
+        return burst(args, messages, broker, sub, bridge, err_path)
+    finally:
+        if bridge.poll() is None:
             bridge.kill()
-        sampling.set()
-        sampler.join()
         sub.close()
-        broker.stop()
-        with open(err_path) as fh:
-            lines = fh.read().splitlines()
-        stats = next((json.loads(x)["stats"] for x in reversed(lines) if x.startswith('{"stats"')), {})
-        sent = set(json.loads(m)["timestamp"] for m in messages)
-        seen = {ts: k for ts, k in sub.seen.items() if ts in sent}
-        return {
-            "readings": len(messages), "pad_bytes": args.pad, "mode": args.mode or "bundle default",
-            "restarts": len(restarts), "restart": "SIGKILL" if args.kill else "SIGTERM",
-            "broker_conf": queue_conf.strip().replace("\n", "; ") or "mosquitto defaults",
-            "code": args.code, "bridge_returncode": bridge.returncode,
-            "stats": stats, "events_received": sub.events, "distinct_readings_scored": len(seen),
-            "lost": len(sent) - len(seen), "scored_twice": sum(k - 1 for k in seen.values() if k > 1),
-            "scored_minus_distinct": (stats.get("scored", 0) - len(seen)) if stats else None,
-            "peak_rss_mb": round(peak[0], 1), "memory_max_mb": MEMORY_MAX_MB,
-            "publish_s": round(publish_s, 1), "total_s": round(total_s, 1),
-            "notices": [x for x in lines if '"notice"' in x][:20],
-        }
+
+
+def burst(args, messages: List[str], broker: Broker, sub: "Subscriber", bridge, err_path: str) -> dict:
+    """Publish through the restarts, wait until the bridge is quiet, stop it; the counts and peak RSS."""
+    peak = [0.0]
+    sampling = threading.Event()
+
+    def sample():
+        while not sampling.is_set():
+            hwm = vm(bridge.pid, "VmHWM")
+            peak[0] = max(peak[0], hwm if hwm == hwm else 0.0)       # nan once it has exited
+            time.sleep(0.2)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    restarts = []
+
+    def restart():
+        time.sleep(0.5)                          # the bridge is behind: thousands wait at the broker
+        restarts.append({"events_before": sub.events})
+        broker.stop(kill=args.kill)
+        time.sleep(1.0)
+        broker.start()
+    n_restarts = max(0, args.restarts)
+    restart_at = [len(messages) * (k + 1) // (n_restarts + 1) for k in range(n_restarts)]
+    t0 = time.time()
+    publish_s = publish(broker.port, messages, restart_at, restart)
+    # quiet: no new event for --quiet seconds (or every reading seen), bounded by --timeout
+    deadline = time.time() + args.timeout
+    while time.time() < deadline:
+        if len(sub.seen) >= len(messages) and time.time() - sub.last_change > 2.0:
+            break
+        if time.time() - sub.last_change > args.quiet:
+            break
+        time.sleep(0.2)
+    total_s = time.time() - t0
+    bridge.send_signal(signal.SIGTERM)
+    try:
+        bridge.wait(60)
+    except subprocess.TimeoutExpired:
+        bridge.kill()
+    sampling.set()
+    sampler.join()
+    with open(err_path) as fh:
+        lines = fh.read().splitlines()
+    stats = next((json.loads(x)["stats"] for x in reversed(lines) if x.startswith('{"stats"')), {})
+    sent = set(json.loads(m)["timestamp"] for m in messages)
+    seen = {ts: k for ts, k in sub.seen.items() if ts in sent}
+    return {
+        "readings": len(messages), "pad_bytes": args.pad, "mode": args.mode or "bundle default",
+        "restarts": len(restarts), "restart": "SIGKILL" if args.kill else "SIGTERM",
+        "broker_conf": broker.extra.strip().replace("\n", "; ") or "mosquitto defaults",
+        "code": args.code, "bridge_returncode": bridge.returncode,
+        "stats": stats, "events_received": sub.events, "distinct_readings_scored": len(seen),
+        "lost": len(sent) - len(seen), "scored_twice": sum(k - 1 for k in seen.values() if k > 1),
+        "scored_minus_distinct": (stats.get("scored", 0) - len(seen)) if stats else None,
+        "peak_rss_mb": round(peak[0], 1), "memory_max_mb": MEMORY_MAX_MB,
+        "publish_s": round(publish_s, 1), "total_s": round(total_s, 1),
+        "notices": [x for x in lines if '"notice"' in x][:20],
+    }
 
 
 def table(report: dict) -> str:
@@ -282,7 +301,8 @@ def table(report: dict) -> str:
             ("bridge: published", s.get("published", "-")),
             ("distinct readings scored (events seen)", report["distinct_readings_scored"]),
             ("lost (sent, never scored)", report["lost"]),
-            ("scored twice (scored - distinct)", report["scored_minus_distinct"]),
+            ("scored twice (bridge's scored - distinct readings seen)", report["scored_minus_distinct"]),
+            ("events seen more than once (QoS 1 on the event side)", report["scored_twice"]),
             ("peak RSS (VmHWM) / MemoryMax, MiB", "%.1f / %.0f" % (report["peak_rss_mb"], report["memory_max_mb"])),
             ("bridge exit code", report["bridge_returncode"]),
             ("seconds (publish / all)", "%s / %s" % (report["publish_s"], report["total_s"]))]

@@ -10,7 +10,7 @@ waiting ``put``, which gives its message up unacknowledged: with a persistent se
 hands it back at the next start.
 
 >>> class M: payload, mid, qos, topic, dup = b'{"a": 1}', 1, 1, "t", False
->>> inbox = Inbox(max_messages=2, max_bytes=10_000)
+>>> inbox = Inbox(max_messages=2, max_bytes=100_000, max_payload=1_000)
 >>> inbox.put(M(), generation=1)
 True
 >>> inbox.get(timeout=0.1).payload, inbox.held_bytes

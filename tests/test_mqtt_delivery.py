@@ -12,6 +12,8 @@ import time
 import pytest
 
 from tests.conftest import REPO, load_benchmark
+from tests.test_mqtt import _Notices
+from tests.test_mqtt import _publish_all as _publish
 
 pytestmark = pytest.mark.slow
 
@@ -24,29 +26,8 @@ def _readings(n, pad=0, start=0, timestamps=True):
     return out
 
 
-def _publish(port, topic, payloads, name="delivery-pub"):
-    import paho.mqtt.client as mqtt
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    infos = [pub.publish(topic, p, qos=1) for p in payloads]
-    for info in infos:
-        info.wait_for_publish(timeout=60)
-    pub.loop_stop()
-    pub.disconnect()
-
-
-class _Notes:
-    def __init__(self):
-        self.lines, self.subscribed = [], threading.Event()
-
-    def write(self, text):
-        self.lines.append(text)
-        if "subscribed to" in text:
-            self.subscribed.set()
-
-    def flush(self):
-        pass
+class _Notes(_Notices):
+    """The bridge's stderr, readable as records."""
 
     def records(self):
         return [json.loads(x) for x in "".join(self.lines).splitlines() if x.strip()]

@@ -122,8 +122,8 @@ def test_two_machines_with_equal_readings_are_two_streams(restartable, trained):
     detector, _, scored = _held(bundle, hold_first=False)
     thread, stop, out, notes = _bridge(detector, broker.port, "pair/+", alarms_only=False)   # pair/+/readings
     assert notes.subscribed.wait(30), "".join(notes.lines)
-    _publish(broker.port, "pair/a/readings", payloads, name="pub-a")
-    _publish(broker.port, "pair/b/readings", payloads, name="pub-b")
+    _publish(broker.port, "pair/a/readings", payloads)
+    _publish(broker.port, "pair/b/readings", payloads)
     time.sleep(1.0)
     stop.set()
     thread.join(60)
