@@ -1,7 +1,7 @@
 """MQTT burst through broker restarts: is every reading scored once, none lost, memory under MemoryMax?
 
     python benchmarks/mqtt_burst.py BUNDLE [--readings 50000] [--restarts 2] [--kill] [--pad 0]
-                                    [--mode MODE] [--code DIR] [--json burst.json]
+                                    [--mode MODE] [--clean-session] [--code DIR] [--json burst.json]
 
 Everything runs on 127.0.0.1: a real mosquitto (persistence on, in a temporary folder, with
 deploy/mosquitto-edge.conf's queue settings), the bridge as the systemd unit runs it
@@ -121,7 +121,7 @@ class Subscriber:
     """The events topic, with a persistent session so that nothing published during a restart is missed."""
 
     def __init__(self, port: int, topic: str):
-        self.events, self.seen, self.lock = 0, {}, threading.Lock()
+        self.events, self.seen, self.lock, self.closed = 0, {}, threading.Lock(), False
         self.last_change = time.time()
         self.ready = threading.Event()
         self.c = client("edge-burst-sub")
@@ -143,8 +143,10 @@ class Subscriber:
             raise RuntimeError("the subscriber did not subscribe")
 
     def close(self):
-        self.c.loop_stop()
-        self.c.disconnect()
+        if not self.closed:
+            self.closed = True
+            self.c.disconnect()
+            self.c.loop_stop()
 
 
 def vm(pid: int, key: str) -> float:
@@ -222,7 +224,8 @@ def run(args) -> dict:
 def measure(args, messages: List[str], broker: Broker, workdir: str) -> dict:
     """Subscriber, bridge, publisher with the broker's restarts; the counts once the bridge is quiet."""
     sub = Subscriber(broker.port, "burst/events")
-    bridge, err_path = start_bridge(args.bundle, broker.port, workdir, args.code, args.mode, args.bridge_arg)
+    bridge, err_path = start_bridge(args.bundle, broker.port, workdir, args.code, args.mode, args.bridge_arg,
+                                    persistent=not args.clean_session)
     try:
         return burst(args, messages, broker, sub, bridge, err_path)
     finally:
@@ -271,13 +274,17 @@ def burst(args, messages: List[str], broker: Broker, sub: "Subscriber", bridge, 
         bridge.kill()
     sampling.set()
     sampler.join()
+    time.sleep(2.0)                              # the last events reach the subscriber
+    sub.close()
     with open(err_path) as fh:
         lines = fh.read().splitlines()
     stats = next((json.loads(x)["stats"] for x in reversed(lines) if x.startswith('{"stats"')), {})
     sent = set(json.loads(m)["timestamp"] for m in messages)
-    seen = {ts: k for ts, k in sub.seen.items() if ts in sent}
+    with sub.lock:
+        seen = {ts: k for ts, k in sub.seen.items() if ts in sent}
     return {
         "readings": len(messages), "pad_bytes": args.pad, "mode": args.mode or "bundle default",
+        "session": "clean" if args.clean_session else "persistent",
         "restarts": len(restarts), "restart": "SIGKILL" if args.kill else "SIGTERM",
         "broker_conf": broker.extra.strip().replace("\n", "; ") or "mosquitto defaults",
         "code": args.code, "bridge_returncode": bridge.returncode,
@@ -319,10 +326,12 @@ def main(argv=None) -> int:
     parser.add_argument("--pad", type=int, default=0, help="padding bytes added to each payload")
     parser.add_argument("--mode", default=None, help="the bridge's --mode (default: the bundle's)")
     parser.add_argument("--code", default=REPO, help="checkout whose edge_detector runs the bridge (PYTHONPATH)")
+    parser.add_argument("--clean-session", action="store_true",
+                        help="the bridge's default clean session instead of the unit's --persistent-session")
     parser.add_argument("--bridge-arg", action="append", default=[], help="one more argument for the bridge")
     parser.add_argument("--default-broker", action="store_true",
                         help="mosquitto's default queue limits instead of deploy/mosquitto-edge.conf's")
-    parser.add_argument("--quiet", type=float, default=15.0, help="seconds without a new event that end the run")
+    parser.add_argument("--quiet", type=float, default=60.0, help="seconds without a new event that end the run")
     parser.add_argument("--timeout", type=float, default=600.0, help="at most this many seconds after publishing")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
