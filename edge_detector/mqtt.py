@@ -20,7 +20,8 @@ again, verified with the same arguments, and swaps it in between two messages (a
 is waiting): each stream keeps its clock, held-back readings and counts, and starts a new warm-up.
 A bundle that does not verify is refused with a notice on stderr, and the old one keeps scoring.
 
-No reading is lost and none is scored twice, across stops, bursts and broker restarts.
+The bridge loses no reading and scores none twice, across stops, bursts and broker restarts (what a
+broker itself drops past its own limits it cannot see; see deploy/mosquitto-edge.conf).
 
 - **Acknowledged once scored.** The bridge speaks MQTT 5 and acknowledges each QoS 1/2 message
   only after it is scored (or rejected), on the connection it came on. With ``persistent_session``
