@@ -125,19 +125,20 @@ class _Notices:
         pass
 
 
-def _held_detector(bundle):
-    """A detector whose first reading waits for ``release``, so messages pile up behind it."""
+def _held_detector(bundle, hold_first=True):
+    """A detector whose first reading waits for ``release``, so messages pile up behind it; every scored reading's
+    values are kept, in order."""
     from edge_detector.runtime import Detector
     detector = Detector.load(str(bundle))
-    release, original, calls = threading.Event(), detector.score_one, []
+    release, original, scored = threading.Event(), detector.score_one, []
 
     def score_one(values):
-        calls.append(1)
-        if len(calls) == 1:
-            assert release.wait(60)
+        scored.append(tuple(float(v) for v in values))
+        if hold_first and len(scored) == 1:
+            assert release.wait(120)
         return original(values)
     detector.score_one = score_one
-    return detector, release, calls
+    return detector, release, scored
 
 
 def _start_bridge(detector, port, topic, **kwargs):

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.conftest import REPO, load_benchmark
+from tests.test_mqtt import _held_detector as _held
 from tests.test_mqtt import _Notices
 from tests.test_mqtt import _publish_all as _publish
 
@@ -31,21 +32,6 @@ class _Notes(_Notices):
 
     def records(self):
         return [json.loads(x) for x in "".join(self.lines).splitlines() if x.strip()]
-
-
-def _held(bundle, hold_first=True):
-    """A detector whose first reading waits for ``release``; every scored reading's values are kept in order."""
-    from edge_detector.runtime import Detector
-    detector = Detector.load(str(bundle))
-    release, original, scored = threading.Event(), detector.score_one, []
-
-    def score_one(values):
-        scored.append(tuple(float(v) for v in values))
-        if hold_first and len(scored) == 1:
-            assert release.wait(120)
-        return original(values)
-    detector.score_one = score_one
-    return detector, release, scored
 
 
 def _bridge(detector, port, topic, **kwargs):
