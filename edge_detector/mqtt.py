@@ -243,6 +243,8 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
             if not persistent_session:
                 drain(client, inbox.queue, handle, in_topic, unsubscribed, note, mqtt.MQTT_ERR_SUCCESS)
             scorer.flush_pending()
+            if reloader is not None:
+                reloader.finish(scorer, note)        # the last checkpoint of the learnt state (i21b)
     finally:
         stop.set()
         publisher.wait()
