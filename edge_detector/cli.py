@@ -3,13 +3,21 @@
 Each command parses options, calls one library function, and turns library errors into
 ``click.ClickException`` (a clear message, exit code 1, no traceback).
 """
-import contextlib
-import json
-import os
+import signal
 import sys
-import time
 
-import click
+# First thing, before the imports below (half a second; seconds on a gateway): a SIGHUP (systemctl reload right after
+# a start) must not end the process. Until the stream installs its handlers nothing is loaded, so there is nothing to
+# reload: the bundle is read after this anyway.
+if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+
+import click  # noqa: E402
 
 from edge_detector import __version__
 from edge_detector.export.train import PRESETS   # numpy and the runtime only; TensorFlow loads inside train()

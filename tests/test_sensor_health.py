@@ -18,7 +18,6 @@ from tests.conftest import tiny_config
 from tests.test_hot_swap import csv_rows, make_bundle
 
 from edge_detector.runtime import Detector, StreamPolicy, run_stream
-from edge_detector.runtime.sensor_health import SensorHealth, unchanged_runs
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +83,7 @@ def test_a_dead_sensor_is_filled_at_most_max_fill_times_then_reported_and_its_re
     _, bundle = trained
     header, rows = csv_rows(synthetic[1])
     lines = [header] + rows[:500] + [blank(r, 2) for r in rows[500:2500]] + rows[2500:2600]
-    events, counts, records = score(bundle, lines, StreamPolicy(missing=missing, max_fill=60))
+    events, counts, records = score(bundle, lines, StreamPolicy(missing=missing))     # the default --max-fill: 60
     dead, alive = health(records, "dead"), health(records, "alive")
     assert len(dead) == 1 and dead[0]["sensor"] == "sensor_2" and dead[0]["line"] == 2 + 500 + 60
     assert len(alive) == 1 and alive[0]["line"] == 2 + 2500
@@ -120,13 +119,15 @@ def test_one_sensor_stuck_at_its_last_value_is_reported_and_its_recovery_too(tra
     header, rows = csv_rows(synthetic[1])
     last = float(rows[399].split(",")[3])
     lines = [header] + rows[:400] + [with_values(r, {3: last}) for r in rows[400:900]] + rows[900:950]
-    _, _, records = score(bundle, lines, StreamPolicy(stuck_after=100))
+    _, _, records = score(bundle, lines)
     stuck, moving = health(records, "stuck"), health(records, "moving")
-    assert [(r["sensor"], r["line"]) for r in stuck] == [("sensor_3", 2 + 398 + 100)]
+    stuck_after = 3 * Detector.load(str(bundle)).warmup                     # the default: 3 warm-ups (here)
+    assert [(r["sensor"], r["line"]) for r in stuck] == [("sensor_3", 2 + 398 + stuck_after)]
     assert [(r["sensor"], r["line"]) for r in moving] == [("sensor_3", 2 + 900)]
 
 
 def test_stuck_counting_streams_as_the_batch_form_counts(rng):
+    from edge_detector.runtime.sensor_health import SensorHealth, unchanged_runs
     values = np.round(rng.normal(size=(400, 3)), 1)
     values[100:250, 1] = 7.0
     values[::7, 2] = np.nan

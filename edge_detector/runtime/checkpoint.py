@@ -130,10 +130,11 @@ def _read_bounded(path: str) -> bytes:
     except OSError as exc:
         raise CheckpointError("checkpoint %s cannot be opened as a plain file (%s)" % (path, exc.strerror or exc)) \
             from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise CheckpointError("checkpoint %s is not a regular file" % path)
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise CheckpointError("checkpoint %s is not a regular file" % path)
         if st.st_size > MAX_CHECKPOINT_BYTES:
             raise CheckpointError("checkpoint %s is too big (%d bytes, the limit is %d)"
                                   % (path, st.st_size, MAX_CHECKPOINT_BYTES))

@@ -336,14 +336,26 @@ def _csv_items(lines: Iterable[Union[bytes, str]], layout: Layout, first: int,
                 problem = str(exc)
         else:
             problem = "no header naming the sensors since line %d" % lost_at
-        if sensors is None or not looks_like_header(text, sensors, stream_col):
+        if sensors is None:
             yield Rejected(n, problem)
-            continue
-        new, items = _header_again(text, n, held or layout, sensors, stream_col)
-        yield from items
-        if new is None and held is not None:
-            lost_at = n
-        held = new if new is not None else None
+        elif held is not None and _cut_header(text, held):
+            yield Rejected(n, "the end of the CSV header, cut off (a rotated file read from the middle of its header?): "
+                              "the rows after it are read with the header in use (%s)" % ", ".join(held.header))
+        elif not looks_like_header(text, sensors, stream_col):
+            yield Rejected(n, problem)
+        else:
+            new, items = _header_again(text, n, held or layout, sensors, stream_col)
+            yield from items
+            if new is None and held is not None:
+                lost_at = n
+            held = new
+
+
+def _cut_header(text: str, layout: Layout) -> bool:
+    # the end of the header in use, not all of it: a file read from the middle of its first line
+    line = text.strip()
+    return bool(line) and len(line) < len(layout.delimiter.join(layout.header)) and \
+        layout.delimiter.join(layout.header).endswith(line)
 
 
 def looks_like_header(text: str, sensors: Sequence[str], stream_col: Optional[str] = None) -> bool:
