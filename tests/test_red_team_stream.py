@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.test_hot_swap import ENV, Live, csv_rows, make_bundle
-from tests.test_reload_state import adaptive, checkpoint_path, finish, score, start_slow, with_spikes
+from tests.test_hot_swap import ENV, Live, make_bundle
+from tests.test_reload_state import adaptive_copy, checkpoint_path, finish, score, spiky_rows, start_slow
 
 from edge_detector.runtime import Detector
 
@@ -22,14 +22,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def adaptive_bundle(trained, tmp_path_factory):
-    _, trained_bundle = trained
-    return make_bundle(trained_bundle, tmp_path_factory.mktemp("red-adaptive") / "bundle", 1, change=adaptive)
+    return adaptive_copy(trained, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def lines(synthetic):
-    header, rows = csv_rows(synthetic[1])
-    return [header] + with_spikes(rows[:600])
+    return spiky_rows(synthetic, 600)
 
 
 def accounted(counts, n):
@@ -297,3 +295,19 @@ def test_two_streams_learnt_state_is_checkpointed_and_restored_per_machine(adapt
                              Detector.load(str(adaptive_bundle)).bundle_id)
     assert sorted(learnt["streams"]) == ["m0", "m1"]
     assert "restored from checkpoint" in run([mixed[0]] + mixed[401:])
+
+
+def test_the_mqtt_bridge_survives_a_sighup_while_its_bundle_loads(trained):
+    """The service's own case: systemctl reload right after a start. The bridge goes on (retrying an absent broker
+    here) and stops cleanly on SIGTERM."""
+    pytest.importorskip("paho.mqtt.client", reason="paho-mqtt (the mqtt extra) is not installed")
+    from tests.conftest import free_port
+    _, bundle = trained
+    proc, err, reader = start_slow("cli", ["mqtt", str(bundle), "--port", str(free_port())], subprocess.DEVNULL)
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(2.5)                                             # the load is over: the bridge runs
+    assert proc.poll() is None, "".join(err)
+    proc.send_signal(signal.SIGTERM)
+    _, code = finish(proc, reader)
+    assert code == 0, "".join(err)
+    assert '"stats"' in err[-1]

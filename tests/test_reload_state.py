@@ -79,16 +79,26 @@ def score(bundle, lines, during=None, watch=False, checkpoint_dir=None):
     return events, counts, notices
 
 
-@pytest.fixture(scope="module")
-def adaptive_bundle(trained, tmp_path_factory):
+def adaptive_copy(trained, tmp_path_factory):
+    """The session's tiny bundle, made adaptive (``adaptive``), in a folder of its own."""
     _, trained_bundle = trained
     return make_bundle(trained_bundle, tmp_path_factory.mktemp("adaptive") / "bundle", 1, change=adaptive)
 
 
+def spiky_rows(synthetic, n=1000):
+    """The synthetic CSV's header and first ``n`` rows, with spikes (``with_spikes``)."""
+    header, rows = csv_rows(synthetic[1])
+    return [header] + with_spikes(rows[:n])
+
+
+@pytest.fixture(scope="module")
+def adaptive_bundle(trained, tmp_path_factory):
+    return adaptive_copy(trained, tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
 def spiky(synthetic):
-    header, rows = csv_rows(synthetic[1])
-    return [header] + with_spikes(rows[:1000])
+    return spiky_rows(synthetic)
 
 
 def test_sighup_every_40_readings_on_an_unchanged_bundle_costs_nothing(adaptive_bundle, spiky):
