@@ -524,7 +524,7 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
     from edge_detector.mqtt import Tls, run_bridge  # noqa: PLC0415
     from edge_detector.runtime.checkpoint import open_checkpointer  # noqa: PLC0415
     from edge_detector.runtime.reload import Reloader  # noqa: PLC0415
-    from edge_detector.runtime.stream import SignalRelay, Stopped  # noqa: PLC0415
+    from edge_detector.runtime.signals import SignalRelay, Stopped  # noqa: PLC0415
     password = os.environ.get("MQTT_PASSWORD")
     if password_file:
         with open(password_file, encoding="utf-8") as fh:

@@ -186,13 +186,46 @@ def load_checkpoint(path: str, bundle_id: str) -> dict:
         raise CheckpointError("checkpoint %s is corrupt (%s)" % (path, exc)) from None
 
 
+def learnt_of(target) -> dict:
+    """What a stream learnt, for a checkpoint: ``{"streams": {key: Detector.state()}}``, key "" for a
+    ``stream.StreamScorer``, each machine's key for a ``StreamRouter`` (its ``routes``, and the ``restored`` states
+    of machines not seen again yet); ``{}`` when nothing was learnt (a static threshold)."""
+    routes = getattr(target, "routes", None)
+    detectors = {"": target.detector} if routes is None else dict(target.restored)
+    if routes is not None:
+        detectors.update({key: scorer.detector for key, scorer in routes.items()})
+    streams = {key: state for key, state in ((k, d.state()) for k, d in detectors.items()) if state}
+    return {"streams": streams} if streams else {}
+
+
+def restore_into(target, learnt: dict) -> None:
+    """Hand ``learnt_of``'s dict back to a stream: its detector restores key ""; a router's machines get theirs (at
+    most ``policy.max_streams``), those not seen yet when they are. ValueError when a part does not fit."""
+    streams = learnt.get("streams")
+    if not isinstance(streams, dict) or not all(isinstance(v, dict) for v in streams.values()):
+        raise ValueError("the learnt state is not an object of streams")
+    routes = getattr(target, "routes", None)
+    if routes is None:
+        if "" in streams:
+            target.detector.restore(streams[""])
+        return
+    restored = {}
+    for key in list(streams)[:target.policy.max_streams]:
+        restored[key] = target.detector.fork()
+        restored[key].restore(streams[key])
+    for key, scorer in routes.items():
+        if key in restored:
+            scorer.detector = restored.pop(key)
+    target.restored = restored
+
+
 class Checkpointer:
     """Keeps one stream's learnt state on disk at a bounded rate.
 
     ``tick(target, note)`` is called between two readings (``reload.Reloader.between`` does): its first call restores
     the checkpoint into ``target``, each later one costs a counter check, and saves when ``every`` readings or
     ``seconds`` seconds (the clock read every 16th call) have passed. ``finish`` saves at a clean exit. ``target``
-    has ``detector`` (its ``bundle_id``), ``learnt()`` and ``restore_learnt(state)`` (``stream.StreamScorer``).
+    is a ``stream.StreamScorer`` or ``StreamRouter`` (``learnt_of``, ``restore_into``).
     A failure to write is said once in a notice (and once more when writing works again); scoring never stops.
     """
 
@@ -220,7 +253,7 @@ class Checkpointer:
         self.started = True
         try:
             state = load_checkpoint(self.path, target.detector.bundle_id)
-            target.restore_learnt(state)
+            restore_into(target, state)
         except FileNotFoundError:
             return False
         except (CheckpointError, ValueError) as exc:
@@ -234,7 +267,7 @@ class Checkpointer:
     def save(self, target, note: Callable[[dict], None]) -> bool:
         """Write ``target``'s learnt state now (nothing when it learnt nothing); True when written."""
         self.count, self.last = 0, self.clock()
-        state = target.learnt()
+        state = learnt_of(target)
         if not state:
             return False
         try:

@@ -319,87 +319,16 @@ def open_csv(lines: Iterable[str], sensors: Optional[Sequence[str]] = None, labe
 
 def _csv_items(lines: Iterable[Union[bytes, str]], layout: Layout, first: int,
                sensors: Optional[Sequence[str]] = None, stream_col: Optional[str] = None) -> Iterator[Item]:
-    # With ``sensors`` (a stream), a header line met again re-maps the columns (``_header_again``)
-    held: Optional[Layout] = layout          # None after a header without the sensors: rows wait for one
-    lost_at = 0
+    # With ``sensors`` (a stream), a header line met again re-maps the columns (``headers.HeaderWatch``)
+    if sensors is not None:
+        from .headers import HeaderWatch  # noqa: PLC0415 (headers builds on this module)
+        yield from HeaderWatch(layout, sensors, stream_col).lines(lines, first)
+        return
     for n, line in enumerate(lines, start=first):
         try:
-            text = decode_line(line)
+            yield parse_csv_line(decode_line(line), layout, n)
         except InputError as exc:
             yield Rejected(n, str(exc))
-            continue
-        if held is not None:
-            try:
-                yield parse_csv_line(text, held, n)
-                continue
-            except InputError as exc:
-                problem = str(exc)
-        else:
-            problem = "no header naming the sensors since line %d" % lost_at
-        if sensors is None:
-            yield Rejected(n, problem)
-        elif held is not None and _cut_header(text, held):
-            yield Rejected(n, "the end of the CSV header, cut off (a rotated file read from the middle of its header?): "
-                              "the rows after it are read with the header in use (%s)" % ", ".join(held.header))
-        elif not looks_like_header(text, sensors, stream_col):
-            yield Rejected(n, problem)
-        else:
-            new, items = _header_again(text, n, held or layout, sensors, stream_col)
-            yield from items
-            if new is None and held is not None:
-                lost_at = n
-            held = new
-
-
-def _cut_header(text: str, layout: Layout) -> bool:
-    # the end of the header in use, not all of it: a file read from the middle of its first line
-    line = text.strip()
-    return bool(line) and len(line) < len(layout.delimiter.join(layout.header)) and \
-        layout.delimiter.join(layout.header).endswith(line)
-
-
-def looks_like_header(text: str, sensors: Sequence[str], stream_col: Optional[str] = None) -> bool:
-    """True for a CSV line that is a header rather than data: at least as many fields as sensors, none a number, and
-    at least one a sensor or the timestamp's name. (A rotated file's header, met again in the middle of a stream.)
-
-    >>> looks_like_header("timestamp,b,a", ["a", "b"]), looks_like_header("1,2,3", ["a", "b"])
-    (True, False)
-    """
-    line = text.lstrip("\ufeff").strip()
-    if not line:
-        return False
-    try:
-        fields = [f.strip() for f in next(csv.reader([line], delimiter=sniff_delimiter(line)), [])]
-    except csv.Error:
-        return False
-    if len(fields) < len(sensors):
-        return False
-    for f in fields:
-        try:
-            float(f)
-            return False
-        except ValueError:
-            pass
-    known = set(sensors) | set(TIMESTAMP_NAMES) | {stream_col}
-    return any(f in known or f.lower() in TIMESTAMP_NAMES for f in fields)
-
-
-def _header_again(text: str, n: int, old: Layout, sensors: Sequence[str],
-                  stream_col: Optional[str]) -> Tuple[Optional[Layout], List[Item]]:
-    # (the new layout or None, what to say): the same columns, re-mapped ones, or a header without the sensors
-    try:
-        layout = parse_header(text, sensors, stream_col=stream_col)
-    except InputError as exc:
-        return None, [Rejected(n, "a new CSV header without this bundle's sensors (%s): the rows after it are rejected "
-                                  "until a header names them" % exc)]
-    if layout.header == old.header and layout.delimiter == old.delimiter:
-        return layout, [Notice(n, "the CSV header again (a rotated file?): same columns")]
-    items: List[Item] = [Notice(n, "a new CSV header (a rotated file?): columns re-mapped from here on (%s)"
-                                % ", ".join(layout.header))]
-    ignored = ignored_columns(layout)
-    if ignored:
-        items.append(Notice(n, "columns ignored (not sensors of this bundle): %s" % ", ".join(ignored)))
-    return layout, items
 
 
 def _json_items(lines: Iterable[Union[bytes, str]], sensors: Sequence[str], first: int,

@@ -10,7 +10,7 @@
 
 Between two readings it also ticks the stream's ``checkpoint.Checkpointer`` (when given): the learnt state is
 restored before the first reading and saved at a bounded rate. Nothing here installs a signal handler:
-``stream.stop_signals`` does, and sends SIGHUP to ``request``. The counts of reloads go into the stream's own stats.
+``signals.stop_signals`` does, and sends SIGHUP to ``request``. The counts of reloads go into the stream's own stats.
 """
 import hashlib
 import os

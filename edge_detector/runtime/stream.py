@@ -13,10 +13,8 @@ its readings rejected; a stuck one, and one that leaves the constant it held in 
 import contextlib
 import json
 import os
-import signal
 import sys
-import threading
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
+from typing import Dict, Iterable, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -29,6 +27,7 @@ from .checkpoint import open_checkpointer
 from .readings import Item, Notice, Reading, Rejected, byte_lines, read_lines
 from .reload import Reloader
 from .sensor_health import DEFAULT_MAX_FILL, SensorHealth, default_stuck_after
+from .signals import SignalRelay, Stopped, stop_signals  # noqa: F401 (stop_signals: the MQTT bridge's too)
 from .trust import Trust
 
 MISSING_POLICIES = ("reject", "hold-last", "interpolate")
@@ -53,66 +52,6 @@ STAT_KEYS = ("read", "scored", "rejected", "alarms", "filled", "resets", "warmup
 
 class _Shutdown(Exception):
     """SIGTERM/SIGINT arrived while waiting for input: stop between lines."""
-
-
-class Stopped(Exception):
-    """SIGTERM/SIGINT arrived before the stream started (while the bundle loaded): nothing was scored."""
-
-
-@contextlib.contextmanager
-def stop_signals(handler: Callable, reload: Optional[Callable] = None) -> Iterator[None]:
-    """Install ``handler`` for SIGTERM and SIGINT, and ``reload`` (when given) for SIGHUP, which then no longer
-    ends the process; for the duration, then restore the previous handlers. The one place that installs any."""
-    handlers = {signal.SIGTERM: handler, signal.SIGINT: handler}
-    if reload is not None and hasattr(signal, "SIGHUP"):
-        handlers[signal.SIGHUP] = reload
-    previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-class SignalRelay:
-    """The handlers of a whole run, installed first thing (``with relay.installed():``), before the bundle loads, so
-    that no signal finds the default action (death, for SIGHUP) at any phase.
-
-    SIGHUP calls ``reload`` (``Reloader.request``: only a flag, acted on between two readings once the stream runs;
-    nothing without one). SIGTERM/SIGINT set ``event`` and then: while loading (before ``started()``) raise
-    ``Stopped``, so a load that hangs cannot hold the process; once a scorer is ``attach``-ed, it stops as
-    ``StreamScorer.handle_signal`` says; in between, the flag alone (the stream sees it when it starts).
-    """
-
-    def __init__(self, reload: Optional[Callable[[], None]] = None):
-        self.reload = reload
-        self.event = threading.Event()
-        self.loading = True
-        self.scorer: Optional["StreamScorer"] = None
-
-    def on_stop(self, signum, frame) -> None:
-        self.event.set()
-        if self.scorer is not None:
-            self.scorer.handle_signal(signum, frame)
-        elif self.loading:
-            raise Stopped()
-
-    def on_hup(self, signum, frame) -> None:
-        if self.reload is not None:
-            self.reload()
-
-    def started(self) -> None:
-        """The bundle is loaded: a stop signal no longer interrupts, it ends the stream between two readings."""
-        self.loading = False
-
-    def attach(self, scorer: "StreamScorer") -> None:
-        self.loading = False
-        self.scorer = scorer
-        if self.event.is_set():
-            scorer.stopping = True
-
-    def installed(self):
-        return stop_signals(self.on_stop, self.on_hup)
 
 
 class StreamScorer:
@@ -243,20 +182,6 @@ class StreamScorer:
         self.detector = detector
         self.health.train(detector.manifest.get("sensor_profile"))
 
-    def learnt(self) -> dict:
-        """What the detector learnt while running, for a checkpoint: {"streams": {"": Detector.state()}}, or {} when
-        it learnt nothing (a static threshold)."""
-        state = self.detector.state()
-        return {"streams": {"": state}} if state else {}
-
-    def restore_learnt(self, learnt: dict) -> None:
-        """Take back ``learnt()``'s dict (a checkpoint of the same bundle); ValueError when it does not fit."""
-        streams = learnt.get("streams")
-        if not isinstance(streams, dict):
-            raise ValueError("no 'streams' in the learnt state")
-        if "" in streams:
-            self.detector.restore(_state_dict(streams[""]))
-
     def run(self, items: Iterable[Item], reloader: Optional[Reloader] = None) -> Dict[str, int]:
         """Score every item; returns the counts. Stops cleanly after ``stopping`` is set. With ``reloader``, a
         new bundle asked for (SIGHUP) or seen (``watch``) is swapped in after an item is read, before it is fed,
@@ -312,7 +237,7 @@ class StreamRouter(StreamScorer):
                  policy: StreamPolicy = StreamPolicy()):
         super().__init__(detector, writer, err, alarms_only, policy)
         self.routes: Dict[str, StreamScorer] = {}
-        self.restored: Dict[str, Detector] = {}     # from a checkpoint, for streams not seen yet
+        self.restored: Dict[str, Detector] = {}     # from a checkpoint, for streams not seen yet (checkpoint.py)
 
     def route(self, key: str) -> Optional[StreamScorer]:
         """The key's scorer (made on its first reading), or None when no more streams may be kept."""
@@ -320,30 +245,6 @@ class StreamRouter(StreamScorer):
             detector = self.restored.pop(key, None) or self.detector.fork()
             self.routes[key] = StreamScorer(detector, self.writer, self.err, self.alarms_only, self.policy)
         return self.routes.get(key)
-
-    def learnt(self) -> dict:
-        """{"streams": {key: Detector.state()}} of every stream that learnt something (those restored from a
-        checkpoint and not seen again yet too), or {}."""
-        streams = {key: d.state() for key, d in self.restored.items()}
-        streams.update({key: scorer.detector.state() for key, scorer in self.routes.items()})
-        streams = {key: state for key, state in streams.items() if state}
-        return {"streams": streams} if streams else {}
-
-    def restore_learnt(self, learnt: dict) -> None:
-        """Each stream's part of ``learnt()``'s dict, handed to it when it is seen (at most ``max_streams``)."""
-        streams = learnt.get("streams")
-        if not isinstance(streams, dict):
-            raise ValueError("no 'streams' in the learnt state")
-        restored = {}
-        for key in list(streams)[:self.policy.max_streams]:
-            if not isinstance(key, str) or len(key) > MAX_STREAM_KEY:
-                raise ValueError("stream key %r is not a stream key" % str(key)[:40])
-            restored[key] = self.detector.fork()
-            restored[key].restore(_state_dict(streams[key]))
-        for key, scorer in self.routes.items():
-            if key in restored:
-                scorer.detector = restored.pop(key)
-        self.restored = restored
 
     def feed(self, item: Item) -> None:
         if not isinstance(item, Reading) or item.stream is None:
@@ -386,12 +287,6 @@ class StreamRouter(StreamScorer):
                 out[k] += v
         out["streams"] = len(self.routes)
         return out
-
-
-def _state_dict(state) -> dict:
-    if not isinstance(state, dict):
-        raise ValueError("a stream's learnt state is not an object")
-    return state
 
 
 def _stuck_after(detector: Detector, policy: StreamPolicy) -> int:
