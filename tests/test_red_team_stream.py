@@ -226,7 +226,7 @@ def meta_array(meta):
 
 
 @pytest.mark.parametrize("name, plant, reason", [
-    ("oversized", lambda p: open(p, "wb").truncate(17 * 2 ** 20), "too big"),
+    ("oversized", lambda p: open(p, "wb").truncate(17 * 2 ** 20), "refused as a whole"),
     ("symlink", lambda p: os.symlink("/etc/hostname", p), "cannot be opened as a plain file"),
     ("fifo", lambda p: os.mkfifo(p), "not a regular file"),
     ("folder", lambda p: os.mkdir(p), "not a regular file"),

@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import os
-import stat
 import tempfile
 import time
 import zipfile
@@ -25,7 +24,8 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from .errors import CheckpointError
+from .errors import BundleError, CheckpointError
+from .plainfile import read_plain_file
 from .trust import default_state_dir
 
 FORMAT = 1
@@ -121,27 +121,11 @@ def _fsync_folder(folder: str) -> None:
 
 
 def _read_bounded(path: str) -> bytes:
-    # a plain file only: never through a symlink, never blocking on a FIFO or a device
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    # a plain file only (plainfile): never through a symlink, never blocking on a FIFO; FileNotFoundError passes
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise CheckpointError("checkpoint %s cannot be opened as a plain file (%s)" % (path, exc.strerror or exc)) \
-            from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise CheckpointError("checkpoint %s is not a regular file" % path)
-    with os.fdopen(fd, "rb") as fh:
-        if st.st_size > MAX_CHECKPOINT_BYTES:
-            raise CheckpointError("checkpoint %s is too big (%d bytes, the limit is %d)"
-                                  % (path, st.st_size, MAX_CHECKPOINT_BYTES))
-        data = fh.read(MAX_CHECKPOINT_BYTES + 1)
-    if len(data) > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError("checkpoint %s is too big (over %d bytes)" % (path, MAX_CHECKPOINT_BYTES))
-    return data
+        return read_plain_file(path, MAX_CHECKPOINT_BYTES)
+    except BundleError as exc:
+        raise CheckpointError("checkpoint %s" % exc) from None
 
 
 def _arrays(path: str, data: bytes) -> Dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .errors import InputError
 from .readings import (
-    TIMESTAMP_NAMES, Item, Layout, Notice, Rejected, decode_line, ignored_columns, parse_csv_line, parse_header,
+    TIMESTAMP_NAMES, Item, Layout, Notice, Rejected, decode_line, ignored_notice, parse_csv_line, parse_header,
     sniff_delimiter,
 )
 
@@ -105,7 +105,7 @@ def _header_again(text: str, n: int, old: Layout, sensors: Sequence[str],
         return layout, [Notice(n, "the CSV header again (a rotated file?): same columns")]
     items: List[Item] = [Notice(n, "a new CSV header (a rotated file?): columns re-mapped from here on (%s)"
                                 % ", ".join(layout.header))]
-    ignored = ignored_columns(layout)
-    if ignored:
-        items.append(Notice(n, "columns ignored (not sensors of this bundle): %s" % ", ".join(ignored)))
+    notice = ignored_notice(layout)
+    if notice:
+        items.append(Notice(n, notice))
     return layout, items

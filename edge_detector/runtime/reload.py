@@ -21,7 +21,7 @@ from .bundle import MANIFEST, read_manifest_bytes
 from .checkpoint import Checkpointer
 from .detector import Detector
 from .errors import BundleError
-from .trust import Trust
+from .trust import Trust, record_version
 
 WATCH_INTERVAL_S = 1.0       # --watch stats the bundle at most this often
 Stat = Optional[Tuple[int, int, int, int]]
@@ -105,11 +105,12 @@ class Reloader:
         self.polled = clock()
         self.reloads = self.refused = self.kept = 0
 
-    def load(self) -> Detector:
+    def load(self, record: bool = True) -> Detector:
         """The bundle at ``path`` as a Detector, verified with this Reloader's arguments; BundleError if it does not
-        verify. What ``poll`` compares against is taken first, so a change made during the load is seen."""
+        verify. What ``poll`` compares against is taken first, so a change made during the load is seen. ``record``:
+        see ``Detector.load`` (``swap`` records the version itself, once the bundle passed its own checks too)."""
         self.seen = bundle_signature(self.path)
-        return Detector.load(self.path, **self.options)
+        return Detector.load(self.path, record=record, **self.options)
 
     def request(self, signum=None, frame=None) -> None:
         """The SIGHUP handler: a reload before the next reading. Only sets a flag, so it is safe at any moment."""
@@ -171,10 +172,12 @@ class Reloader:
                               "warm-up kept" % (self.path, target.detector.bundle_id[:16])))
             return False
         try:
-            new = self.load()
+            new = self.load(record=False)
             problem = _sensor_change(target.detector, new)
             if problem:
                 raise BundleError("bundle %r: %s" % (self.path, problem))
+            if self.options["trust"] is not None:    # accepted: only now is its version recorded
+                record_version(self.path, new.manifest, self.options["trust"])
         except Exception as exc:  # noqa: BLE001 (whatever fails, the old bundle keeps scoring)
             self.refused += 1
             _count(target, "reloads_refused")
