@@ -317,13 +317,7 @@ def open_csv(lines: Iterable[str], sensors: Optional[Sequence[str]] = None, labe
     return layout, _csv_items(it, layout, header_line + 1)
 
 
-def _csv_items(lines: Iterable[Union[bytes, str]], layout: Layout, first: int,
-               sensors: Optional[Sequence[str]] = None, stream_col: Optional[str] = None) -> Iterator[Item]:
-    # With ``sensors`` (a stream), a header line met again re-maps the columns (``headers.HeaderWatch``)
-    if sensors is not None:
-        from .headers import HeaderWatch  # noqa: PLC0415 (headers builds on this module)
-        yield from HeaderWatch(layout, sensors, stream_col).lines(lines, first)
-        return
+def _csv_items(lines: Iterable[Union[bytes, str]], layout: Layout, first: int) -> Iterator[Item]:
     for n, line in enumerate(lines, start=first):
         try:
             yield parse_csv_line(decode_line(line), layout, n)
@@ -372,7 +366,8 @@ def read_lines(lines: Iterable[Union[bytes, str]], sensors: Sequence[str],
             notice = ignored_notice(layout)
             if notice:
                 yield Notice(n, notice)
-            yield from _csv_items(it, layout, n + 1, sensors, stream_col)
+            from .headers import HeaderWatch  # noqa: PLC0415 (headers builds on this module: a header met again)
+            yield from HeaderWatch(layout, sensors, stream_col).lines(it, n + 1)
             return
 
 
