@@ -268,6 +268,8 @@ def build_manifest(models: TrainedModels, ops: list, parity: dict, files: Dict[s
         "parity": parity,
         "files": files,
     }
+    if "sensor_profile" in meta:                # what training saw of each sensor (runtime.sensor_health)
+        manifest["sensor_profile"] = meta["sensor_profile"]
     manifest["manifest_sha256"] = manifest_digest(manifest)
     return manifest
 

@@ -27,6 +27,7 @@ from edge_detector.export.progress import Bar, Progress, log
 from edge_detector.export.tf_setup import configure_device, import_tf, quiet_native_log
 from edge_detector.runtime import FeatureSpec, InputError, WindowTransform, batch_features, prepare_windows, windows_at
 from edge_detector.runtime.errors import check_choice
+from edge_detector.runtime.sensor_health import constant_mask, profile_of
 from edge_detector.runtime.threshold import KINDS, ThresholdSpec
 from edge_detector.runtime.windows import REDUCTIONS, smooth_windows, stage2_scores, window_scores
 
@@ -380,6 +381,18 @@ def save_model(out_dir: str, meta: dict, stage1: Stage1, stage2: Stage2) -> None
             json.dump(metrics, fh, indent=2)
 
 
+def sensor_profile(values: np.ndarray, sensors: Sequence[str], progress: Progress) -> dict:
+    """What training saw of each sensor: [train rows, sensors] -> the manifest's ``sensor_profile`` (low, high, longest
+    unchanged run; ``runtime.sensor_health``). A sensor constant in it is named in a warning through ``progress``:
+    neither model can see it move, so the gateway reports a reading off that constant instead."""
+    profile = profile_of(values)
+    for k in np.flatnonzero(constant_mask(profile, len(sensors))):
+        log(progress, "warning: sensor %r is constant (%g) in the training data: neither model can see it move; the "
+            "gateway reports a reading off %g as a sensor-health notice (\"departed\")"
+            % (sensors[k], profile["low"][k], profile["low"][k]))
+    return profile
+
+
 def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None, progress: Progress = print,
           source: Optional[str] = None, verbose: bool = False) -> dict:
     """Fit all models on ``data`` and write them with their calibration to ``out_dir``; returns model.json's dict.
@@ -396,6 +409,7 @@ def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None, pro
         len(values), values.shape[1], ", ".join(data.sensors),
         "labels present: the anomalous readings are left out of the normal fits" if data.labels is not None
         else "no labels: every training reading is taken as normal"))
+    profile = sensor_profile(values[:split.train_end], data.sensors, progress)
     stage1 = fit_stage1(values, split, config, progress)
     with quiet_native_log(verbose):
         tf, _, _ = import_tf()
@@ -403,6 +417,7 @@ def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None, pro
         log(progress, "training device: %s" % device)
         stage2 = fit_stage2(values, split, config, progress, verbose)
     meta = model_meta(data, config, split, stage1, stage2, device, source, time.time() - t0)
+    meta["sensor_profile"] = profile
     save_model(out_dir, meta, stage1, stage2)
     log(progress, "saved %s in %.1fs" % (out_dir, time.time() - t0))
     return meta
