@@ -409,6 +409,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="folder of SKAB CSVs (searched recursively)")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--task", default="outlier", choices=["outlier", "changepoint"],
+                        help="outlier: SKAB's point-wise F1/FAR/MAR (default); changepoint: also SKAB's NAB-style "
+                        "changepoint score of each mode's alarm (benchmarks/skab_changepoint.py)")
     parser.add_argument("--mode", default="hybrid", choices=["hybrid", "lstm", "iforest", "all"])
     parser.add_argument("--engine", default="numpy", choices=["numpy", "tflite", "onnx"])
     parser.add_argument("--seed", type=int, default=0)
@@ -438,6 +441,16 @@ def main(argv=None) -> int:
           % (report["mode"], report["f1"], report["far"], report["mar"], "met" if goal else "not met",
              report["seconds"]))
     scores = report.pop("_scores")
+    if args.task == "changepoint":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from skab_changepoint import changepoint_task
+        cp = {k: changepoint_task(args.data, report["per_file"], scores["%s_alarm" % k]) for k in keys}
+        report.update(cp[report["mode"]], outlier={k: report.pop(k) for k in ("f1", "far", "mar")},
+                      changepoint_modes={k: {f: v[f] for f in ("score", "missed", "false_positives")}
+                                         for k, v in cp.items()})
+        for k, v in cp.items():
+            print("changepoints %-14s standard %6.2f  low FP %6.2f  low FN %6.2f  missed %3d of %3d  FPs %4d"
+                  % ((k,) + tuple(v["score"].values()) + (v["missed"], v["changepoints"], v["false_positives"])))
     if args.scores:
         np.savez_compressed(args.scores, **scores)
     if args.json:
