@@ -28,6 +28,7 @@ from edge_detector.export.tf_setup import configure_device, import_tf, quiet_nat
 from edge_detector.runtime import FeatureSpec, InputError, WindowTransform, batch_features, prepare_windows, windows_at
 from edge_detector.runtime.errors import check_choice
 from edge_detector.runtime.threshold import KINDS, ThresholdSpec
+from edge_detector.runtime.energy import energy_weight
 from edge_detector.runtime.windows import REDUCTIONS, smooth_windows, stage2_scores, window_scores
 
 KERAS_FILE = "lstm_ae.keras"
@@ -69,6 +70,9 @@ class TrainConfig:
     centre: str = "window"           # "window": each window's own median; "train": the training median
     whiten: bool = False             # ZCA-whiten with the training covariance
     reduce: str = "max"              # a window's score: worst sensor ("max") or mean over sensors
+    # Also score the window's own energy (runtime/energy.py): max(error, w x energy), w set so the two
+    # share the calibration windows' q0.99. Catches a shift the autoencoder reconstructs well.
+    input_energy: bool = False
     iforest_quantile: float = 0.995  # iforest-only mode's own threshold
     lof_quantile: float = 0.995
     lof_neighbors: int = 20
@@ -192,7 +196,8 @@ def transform_fields(transform: WindowTransform) -> dict:
     """The "stage2_input" field of a manifest (``WindowTransform.from_manifest`` reads it back)."""
     return {"smooth": transform.smooth, "reduce": transform.reduce,
             "centre": None if transform.centre is None else transform.centre.tolist(),
-            "whiten": None if transform.whiten is None else transform.whiten.tolist()}
+            "whiten": None if transform.whiten is None else transform.whiten.tolist(),
+            **({"energy": transform.energy} if transform.energy > 0 else {})}
 
 
 class Split(NamedTuple):
@@ -299,8 +304,8 @@ def fit_stage2(values: np.ndarray, split: Split, config: TrainConfig, progress: 
     ran = len(history.history["loss"])
     bar.done("best validation loss %.4f%s" % (min(history.history["val_loss"]),
                                               ", stopped early" if ran < config.epochs else ""))
-    s2_cal, _ = stage2_scores(x_cal, lambda v: model.predict(v, batch_size=256, verbose=0), transform)
-    tau2, spec = stage2_threshold(s2_cal, config)
+    transform, s2_cal, tau2, spec = calibrate_stage2(x_cal, lambda v: model.predict(v, batch_size=256, verbose=0),
+                                                     transform, config)
     log(progress, "stage 2: tau2=%.4f (%s)" % (tau2, (
         "%g x q%.3f of %d normal windows" % (config.tau2_margin, config.tau2_quantile, len(s2_cal))
         if spec.kind == "static" else "q%.3f of %d normal windows; adaptive on the device: %g x the q%.2f of the "
@@ -308,6 +313,21 @@ def fit_stage2(values: np.ndarray, split: Split, config: TrainConfig, progress: 
                                                                     spec.margin, spec.quantile, spec.history,
                                                                     spec.margin))))
     return Stage2(model, transform, tau2, spec, history.history, float(np.mean(s2_cal > spec.margin * tau2)))
+
+
+def calibrate_stage2(x_cal: np.ndarray, reconstruct, transform: WindowTransform, config: TrainConfig):
+    """(transform, calibration scores [windows], tau2, threshold spec) of a trained autoencoder.
+
+    With ``config.input_energy`` the transform gets the energy's weight first (q0.99 of the
+    calibration windows' error over q0.99 of their energy), and the calibration scores are the
+    combined ones, so tau2 and the adaptive history are in the same units as the device's scores.
+    """
+    s2_cal, _ = stage2_scores(x_cal, reconstruct, transform)
+    if config.input_energy:
+        transform = transform._replace(energy=energy_weight(s2_cal, x_cal, transform.tail, config.tau2_quantile))
+        s2_cal, _ = stage2_scores(x_cal, reconstruct, transform)
+    tau2, spec = stage2_threshold(s2_cal, config)
+    return transform, s2_cal, tau2, spec
 
 
 def stage2_threshold(s2_cal: np.ndarray, config: TrainConfig) -> Tuple[float, ThresholdSpec]:

@@ -107,6 +107,8 @@ def check_stage2(m: dict, n_sensors: int) -> None:
         _floats("stage2_input.centre", extra["centre"], (n_sensors,))
     if extra.get("whiten") is not None:
         _floats("stage2_input.whiten", extra["whiten"], (n_sensors, n_sensors))
+    if "energy" in extra and (_float("stage2_input.energy", extra["energy"]) < 0):
+        raise _fail("stage2_input.energy", "a number >= 0 (0: the reconstruction error alone)", extra["energy"])
 
 
 def check_thresholds(m: dict) -> None:
