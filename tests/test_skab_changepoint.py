@@ -68,3 +68,41 @@ def test_a_skab_files_changepoints_are_read_with_their_times(cp):
     times, flags = cp.read_changepoints(str(skab_file("valve1/0.csv")))
     assert times.size == flags.size == 1147 and flags.sum() == 4
     assert np.all(np.diff(times) > 0)
+
+
+def _labels(path):
+    import csv
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh, delimiter=";"))
+    col = rows[0].index("anomaly")
+    return np.array([float(r[col]) == 1.0 for r in rows[1:] if r])
+
+
+def test_skab_task_changepoint_scores_each_modes_alarm_per_file(tmp_path, monkeypatch, capsys):
+    import json
+    import shutil
+    skab = load_benchmark("skab")
+    (tmp_path / "v").mkdir()
+    shutil.copy(skab_file("valve1/0.csv"), tmp_path / "v" / "0.csv")
+    labels = _labels(skab_file("valve1/0.csv"))[400:]
+    never = np.zeros_like(labels)
+
+    def fake_run(data_dir, modes, *args, **kwargs):     # the outlier run, with known alarms
+        per_file = {"v/0.csv": {"test_rows": labels.size}}
+        return {"f1": 1.0, "far": 0.0, "mar": 0.0, "files": 1, "rows": labels.size, "mode": "hybrid", "seconds": 0,
+                "modes": {m: {} for m in modes}, "reference": {}, "per_file": per_file,
+                "_scores": {"labels": labels, "hybrid_alarm": labels, "t2_rolling10_alarm": never,
+                            "t2_calibrated_alarm": labels}}
+    monkeypatch.setattr(skab, "run", fake_run)
+    monkeypatch.setattr(skab, "table", lambda *a: "")
+    monkeypatch.setattr(skab, "per_file_table", lambda *a: "")
+    out = tmp_path / "out.json"
+    assert skab.main(["--data", str(tmp_path), "--task", "changepoint", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["files"] == 1 and report["outlier"]["f1"] == 1.0
+    # the label's own onset and end are the first and last changepoints: caught at once, no false positive
+    # (the end, 57 s after the transition's end, also lies in that changepoint's window)
+    assert report["changepoints"] == 4 and report["missed"] == 1 and report["false_positives"] == 0
+    assert report["per_file"]["v/0.csv"]["delay_share"][0] == 0.0
+    assert report["changepoint_modes"]["t2_rolling10"]["missed"] == 4
+    assert report["changepoint_modes"]["t2_rolling10"]["score"]["standard"] == 0.0
