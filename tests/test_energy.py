@@ -1,4 +1,5 @@
-"""Stage 2's input energy (runtime/energy.py): a shift the autoencoder copies well still scores."""
+"""Stage 2's input energy (runtime/energy.py): a shift the autoencoder copies well still scores; and the
+alarm's persistence rule (runtime/persistence.py), which the same bundle carries."""
 import json
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 
 from edge_detector.runtime import Detector, WindowTransform
 from edge_detector.runtime.errors import BundleError
+from edge_detector.runtime.persistence import PersistenceSpec, persisted
 from edge_detector.runtime.windows import window_scores
 from tests.conftest import RIG_OPTIONS, tiny_config
 
@@ -54,7 +56,7 @@ def energy_bundle(tmp_path_factory, synthetic):
     root = tmp_path_factory.mktemp("energy")
     data = load_csv(str(path))
     config = tiny_config(features=FeatureSpec(windows=(5, 15), families=("abs", "diff")), input_energy=True,
-                         threshold="adaptive", **RIG_OPTIONS)
+                         threshold="adaptive", persist_k=3, persist_n=5, **RIG_OPTIONS)
     train(data, str(root / "model"), config, progress=None, source=str(path))
     export_bundle(str(root / "model"), data, str(root / "bundle"), progress=None)   # runs the parity gate
     return root / "bundle"
@@ -65,9 +67,9 @@ def test_the_bundle_records_the_energy_and_every_engine_streams_as_it_batches(en
     data, _ = synthetic
     manifest = json.loads((energy_bundle / "manifest.json").read_text())
     weight = manifest["stage2_input"]["energy"]
-    assert weight > 0
+    assert weight > 0 and manifest["persistence"] == {"k": 3, "n": 5}
     det = Detector.load(str(energy_bundle))
-    assert det.transform.energy == weight
+    assert det.transform.energy == weight and det.persistence_spec == PersistenceSpec(3, 5)
     values = data.values[:1500]
     scores = {}
     for engine in ("numpy", "tflite", "onnx"):
@@ -79,6 +81,12 @@ def test_the_bundle_records_the_energy_and_every_engine_streams_as_it_batches(en
         np.testing.assert_array_equal(s2, batch.stage2)
         scores[engine] = batch
     np.testing.assert_allclose(scores["tflite"].stage2, scores["numpy"].stage2, rtol=1e-4, atol=1e-6)
+    # the alarms are the threshold's crossings through 3 of the last 5, and the rule removed some
+    raw_det = Detector.load(str(energy_bundle), engine="numpy", mode="lstm")
+    raw_det.persistence_spec = PersistenceSpec()
+    crossings = raw_det.score(values).is_anomaly
+    assert scores["numpy"].is_anomaly.tolist() == persisted(crossings, PersistenceSpec(3, 5)).tolist()
+    assert crossings.sum() > scores["numpy"].is_anomaly.sum() > 0
     assert scores["onnx"].is_anomaly.tolist() == scores["numpy"].is_anomaly.tolist()
     assert scores["tflite"].is_anomaly.tolist() == scores["numpy"].is_anomaly.tolist()
 
@@ -92,3 +100,15 @@ def test_a_negative_energy_weight_is_refused_by_name(energy_bundle, tmp_path):
     (bad / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="stage2_input.energy"):
         Detector.load(str(bad))
+
+
+@pytest.mark.parametrize("bad", [{"k": 0, "n": 5}, {"k": 6, "n": 5}, {"k": 3}, "3/5"])
+def test_a_bad_persistence_rule_is_refused_by_name(energy_bundle, tmp_path, bad):
+    import shutil
+    folder = tmp_path / "bundle"
+    shutil.copytree(energy_bundle, folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    m["persistence"] = bad
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="persistence"):
+        Detector.load(str(folder))

@@ -16,6 +16,7 @@ import numpy as np
 from .errors import BundleError
 from .features import FEATURE_FAMILIES
 from .lstm import DENSE_LAYERS, LSTM_LAYERS
+from .persistence import MAX_PERSISTENCE
 from .threshold import KINDS
 from .windows import REDUCTIONS
 
@@ -168,6 +169,16 @@ def check_variants(m: dict) -> None:
         check_adaptive({"threshold": v.get("threshold")})
 
 
+def check_persistence(m: dict) -> None:
+    p = m.get("persistence")
+    if p is None:
+        return
+    if not isinstance(p, dict) or set(p) != {"k", "n"}:
+        raise _fail("persistence", "an object with k and n", p)
+    n = _int(p, "persistence.n", 1, MAX_PERSISTENCE, p["n"])
+    _int(p, "persistence.k", 1, n, p["k"])
+
+
 def check_manifest(m: dict) -> None:
     """Refuse a manifest whose fields are missing, of the wrong type, or out of bounds."""
     n_sensors = check_sensors(m)
@@ -175,6 +186,7 @@ def check_manifest(m: dict) -> None:
     check_stage2(m, n_sensors)
     check_thresholds(m)
     check_adaptive(m)
+    check_persistence(m)
     check_variants(m)
     check_files(m)
     if "bundle_version" in m:
