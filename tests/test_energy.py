@@ -9,7 +9,7 @@ from edge_detector.runtime import Detector, WindowTransform
 from edge_detector.runtime.errors import BundleError
 from edge_detector.runtime.persistence import PersistenceSpec, persisted
 from edge_detector.runtime.windows import window_scores
-from tests.conftest import RIG_OPTIONS, tiny_config
+from tests.conftest import RIG_OPTIONS, _train_and_export, tiny_config
 
 
 def rig_transform(energy: float) -> WindowTransform:
@@ -47,19 +47,11 @@ def test_the_combined_score_is_the_larger_of_error_and_weighted_energy():
 
 @pytest.fixture(scope="module")
 def energy_bundle(tmp_path_factory, synthetic):
-    pytest.importorskip("tensorflow")
-    from edge_detector.export.convert import export_bundle
-    from edge_detector.export.data import load_csv
-    from edge_detector.export.train import train
+    """A tiny rig-like bundle with the input energy and persistence 3 of 5 (export's parity gate passed)."""
     from edge_detector.runtime import FeatureSpec
-    _, path = synthetic
-    root = tmp_path_factory.mktemp("energy")
-    data = load_csv(str(path))
     config = tiny_config(features=FeatureSpec(windows=(5, 15), families=("abs", "diff")), input_energy=True,
                          threshold="adaptive", persist_k=3, persist_n=5, **RIG_OPTIONS)
-    train(data, str(root / "model"), config, progress=None, source=str(path))
-    export_bundle(str(root / "model"), data, str(root / "bundle"), progress=None)   # runs the parity gate
-    return root / "bundle"
+    return _train_and_export(tmp_path_factory, synthetic, "energy", config)[1]
 
 
 @pytest.mark.slow
