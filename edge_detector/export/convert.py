@@ -261,6 +261,7 @@ def build_manifest(models: TrainedModels, ops: list, parity: dict, files: Dict[s
         "stage2_input": transform_fields(models.transform),
         "thresholds": {k: meta["thresholds"][k] for k in ("tau1", "tau2", "iforest")},
         "threshold": meta.get("threshold", {"kind": "static"}),
+        "persistence": meta.get("persistence", {"k": 1, "n": 1}),
         "iforest_offset": meta["iforest_offset"],
         "training_data": {k: meta["training_data"][k] for k in ("sha256", "rows", "train_rows")},
         "tflite": {"ops": ops, "input_shape": [1, meta["window"], len(meta["sensors"])]},

@@ -17,6 +17,7 @@ from .trust import Trust, record_version
 from .engines import ENGINE_CHOICES, OnnxStage1, TFLiteStage2, numpy_stage1, numpy_stage2, stage_engines
 from .errors import MAX_ABS_VALUE, BundleError, InputError, check_choice, valid_values
 from .features import FeatureSpec, FeatureState, batch_features, features_of_states
+from .persistence import Persistence, PersistenceSpec, persisted
 from .threshold import Threshold, ThresholdSpec
 from .windows import WindowTransform, window_scores, windows_at
 
@@ -71,11 +72,13 @@ class StreamState:
         self.buffer = np.zeros((detector.span, len(detector.sensors)))     # [span, sensors], oldest first
         self.count = 0
         self.threshold = Threshold(detector.threshold_spec, detector.tau2)
+        self.persistence = Persistence(detector.persistence_spec)
 
     def reset(self) -> None:
         """Forget the window: the next reading starts a new warm-up (the threshold keeps what it learnt)."""
         self.features.reset()
         self.count = 0
+        self.persistence = Persistence(self.persistence.spec)
 
     def remember(self, x: np.ndarray) -> None:
         if self.count < len(self.buffer):
@@ -126,6 +129,7 @@ class Detector:
         try:
             self.transform = WindowTransform.from_manifest(manifest)
             self.threshold_spec = ThresholdSpec.from_manifest(self.variant or manifest)
+            self.persistence_spec = PersistenceSpec.from_manifest(manifest)
         except ValueError as exc:
             raise BundleError("manifest: %s" % exc) from None
         t = manifest["thresholds"]
@@ -226,6 +230,12 @@ class Detector:
 
     def _verdict(self, state: StreamState, s1: float, s2: Optional[float], shares: Optional[np.ndarray],
                  warm: bool) -> Score:
+        # the threshold's verdict, then the persistence rule (k of the last n readings), which sees every reading
+        score = self._crossing(state, s1, s2, shares, warm)
+        return score._replace(is_anomaly=state.persistence.update(score.is_anomaly))
+
+    def _crossing(self, state: StreamState, s1: float, s2: Optional[float], shares: Optional[np.ndarray],
+                  warm: bool) -> Score:
         if warm:
             return Score(s1, None, False, None, True)
         if self.mode == "iforest":
@@ -288,6 +298,7 @@ class Detector:
             alarm = ~warm & (s1 > self.tau_iforest)
         else:
             alarm = self._batch_alarms(s2, run)
+        alarm = persisted(alarm, self.persistence_spec)
         return Scores(np.asarray(s1, dtype=np.float64), s2, alarm, warm, shares)
 
     def _batch_alarms(self, s2: np.ndarray, run: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 from .errors import BundleError
 from .features import FEATURE_FAMILIES
 from .lstm import DENSE_LAYERS, LSTM_LAYERS
+from .persistence import MAX_PERSISTENCE
 from .threshold import KINDS
 from .windows import REDUCTIONS
 
@@ -107,6 +108,8 @@ def check_stage2(m: dict, n_sensors: int) -> None:
         _floats("stage2_input.centre", extra["centre"], (n_sensors,))
     if extra.get("whiten") is not None:
         _floats("stage2_input.whiten", extra["whiten"], (n_sensors, n_sensors))
+    if "energy" in extra and (_float("stage2_input.energy", extra["energy"]) < 0):
+        raise _fail("stage2_input.energy", "a number >= 0 (0: the reconstruction error alone)", extra["energy"])
 
 
 def check_thresholds(m: dict) -> None:
@@ -184,6 +187,16 @@ def check_profile(m: dict, n_sensors: int) -> None:
         _int({}, "sensor_profile.max_run", 1, 2 ** 62, v)
 
 
+def check_persistence(m: dict) -> None:
+    p = m.get("persistence")
+    if p is None:
+        return
+    if not isinstance(p, dict) or set(p) != {"k", "n"}:
+        raise _fail("persistence", "an object with k and n", p)
+    n = _int(p, "persistence.n", 1, MAX_PERSISTENCE, p["n"])
+    _int(p, "persistence.k", 1, n, p["k"])
+
+
 def check_manifest(m: dict) -> None:
     """Refuse a manifest whose fields are missing, of the wrong type, or out of bounds."""
     n_sensors = check_sensors(m)
@@ -192,6 +205,7 @@ def check_manifest(m: dict) -> None:
     check_stage2(m, n_sensors)
     check_thresholds(m)
     check_adaptive(m)
+    check_persistence(m)
     check_variants(m)
     check_files(m)
     if "bundle_version" in m:

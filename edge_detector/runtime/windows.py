@@ -5,11 +5,13 @@ Keras and the parity gate see the same windows:
 
     raw readings [batch, span, sensors] -> smooth -> centre -> scale or whiten -> [batch, W, sensors]
     -> clip -> reconstruct (an engine) -> squared error of the newest ``tail`` steps -> score [batch]
+    (with ``energy`` > 0: max(that error, energy x the window's own energy), runtime/energy.py)
 """
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from .energy import combine
 from .errors import check_choice
 
 REDUCTIONS = ("max", "mean")
@@ -29,6 +31,8 @@ class WindowTransform(NamedTuple):
       sensors, so a broken relation between them stands out.
     - ``reduce`` "max": a window's score is its worst sensor's error; "mean": the mean over
       sensors (for many correlated sensors, where a real fault moves several at once).
+    - ``energy`` w > 0: the score is max(error, w x the prepared window's own energy), so a shift
+      that the autoencoder reconstructs well still scores (runtime/energy.py); 0: the error alone.
     """
     window: int
     scale: np.ndarray                      # [sensors]
@@ -38,6 +42,7 @@ class WindowTransform(NamedTuple):
     centre: Optional[np.ndarray] = None    # [sensors]
     whiten: Optional[np.ndarray] = None    # [sensors, sensors]
     reduce: str = "max"
+    energy: float = 0.0                    # weight of the input's energy in the score (0: off)
 
     @property
     def span(self) -> int:
@@ -54,8 +59,11 @@ class WindowTransform(NamedTuple):
         if smooth < 1:
             raise ValueError("stage2_input.smooth is %d; it must be >= 1" % smooth)
         centre, whiten = extra.get("centre"), extra.get("whiten")
+        energy = float(extra.get("energy", 0.0))
+        if not energy >= 0.0:
+            raise ValueError("stage2_input.energy is %r; it must be >= 0" % energy)
         return cls(window=int(m["window"]), scale=np.asarray(m["scale"], dtype=np.float64), tail=int(m["tail"]),
-                   clip=float(m["clip"]), smooth=smooth, reduce=reduce,
+                   clip=float(m["clip"]), smooth=smooth, reduce=reduce, energy=energy,
                    centre=None if centre is None else np.asarray(centre, dtype=np.float64),
                    whiten=None if whiten is None else np.asarray(whiten, dtype=np.float64))
 
@@ -131,7 +139,10 @@ def stage2_scores(x: np.ndarray, reconstruct, transform: WindowTransform) -> Tup
     size in the score. [batch, W, sensors] -> score [batch], shares [batch, sensors]
     """
     clip = transform.clip
-    return reconstruction_error(x, reconstruct(np.clip(x, -clip, clip)), transform.tail, transform.reduce)
+    score, shares = reconstruction_error(x, reconstruct(np.clip(x, -clip, clip)), transform.tail, transform.reduce)
+    if transform.energy > 0:
+        return combine(score, shares, x, transform.tail, transform.energy)
+    return score, shares
 
 
 def window_scores(windows: np.ndarray, reconstruct, transform: WindowTransform) -> Tuple[np.ndarray, np.ndarray]:
