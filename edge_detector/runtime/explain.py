@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .features import FeatureSpec, feature_names
+from .features import FeatureSpec, feature_names, sensor_pairs
 
 
 class FeatureExplainer:
@@ -26,13 +26,18 @@ class FeatureExplainer:
             raise ValueError("stage1_explain has %d means and %d stds for %d features"
                              % (len(mean), len(std), len(names)))
         self.mean, self.std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
-        owner = np.zeros((len(names), len(sensors)))                          # [F, S]: 1 where sensor s owns column f
-        index = {s: i for i, s in enumerate(sensors)}
-        for f, name in enumerate(names):
-            head = name.rsplit(":", 1)[0]
-            for part in head.split("*") if head != "time" else ():
-                owner[f, index[part]] = 1.0
-        self.owner = owner
+        # (column, a sensor it belongs to), from the layout: per-sensor blocks, then the cross pairs (each
+        # belongs to both its sensors), then the time columns (to none)
+        n = len(sensors)
+        per = len(feature_names(spec._replace(families=tuple(f for f in spec.families if f not in ("cross", "time"))),
+                                ["s"])) if set(spec.families) - {"cross", "time"} else 0
+        pairs = [(s * per + j, s) for s in range(n) for j in range(per)]
+        if "cross" in spec.families:
+            for k, (i, j) in enumerate(sensor_pairs(range(n))):
+                pairs += [(n * per + k, i), (n * per + k, j)]
+        self.columns = np.array([f for f, _ in pairs], dtype=np.int64)             # [K]
+        self.owners = np.array([k for _, k in pairs], dtype=np.int64)              # [K]
+        self.n_sensors = n
 
     @classmethod
     def from_manifest(cls, m: dict) -> Optional["FeatureExplainer"]:
@@ -50,7 +55,9 @@ class FeatureExplainer:
         array([[0.75, 0.25]])
         """
         z = np.abs(np.atleast_2d(features) - self.mean) / self.std                 # [rows, F]
-        per_sensor = (z[:, :, None] * self.owner).max(axis=1)                     # [rows, S]
+        per_sensor = np.zeros((z.shape[0], self.n_sensors))                        # [rows, S]
+        for row, out in zip(z[:, self.columns], per_sensor):                       # IF-only alarms: few rows
+            np.maximum.at(out, self.owners, row)
         total = per_sensor.sum(axis=1, keepdims=True)
         return np.divide(per_sensor, total, out=np.zeros_like(per_sensor), where=total > 0)
 
