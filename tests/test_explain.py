@@ -89,3 +89,21 @@ def test_an_if_only_alarm_names_the_sensor_whose_features_moved(trained, synthet
     verdict = Detector.load(str(bundle), mode="iforest").score(values)
     assert verdict.is_anomaly[700]
     assert verdict.shares[700].argmax() == 1 and verdict.shares[700, 1] > 0.5
+
+
+def test_the_manifest_bounds_the_explanation_statistics():
+    from edge_detector.runtime import BundleError
+    from edge_detector.runtime.schema import check_features, check_stage2
+    stage2 = {"window": 5, "tail": 1, "clip": 5.0, "scale": [1.0, 2.0]}
+    check_stage2(dict(stage2, stage2_input={"error_baseline": [0.0, 1.5]}), 2)
+    for extra, field in (({"error_baseline": [-1.0, 1.0]}, "error_baseline"), ({"error_baseline": [1.0]}, "error_baseline"),
+                         ({"whiten": [[1.0, 2.0], [2.0, 4.0]]}, "whiten")):
+        with pytest.raises(BundleError, match=field):
+            check_stage2(dict(stage2, stage2_input=extra), 2)
+    spec = {"windows": [5], "lags": [1], "families": ["level", "cross"]}       # 2 + 1 columns for 2 sensors
+    check_features({"feature_spec": spec, "stage1_explain": {"mean": [0, 0, 0], "std": [1, 1, 1]}}, 2)
+    for explain in ({"mean": [0, 0], "std": [1, 1]}, {"mean": [0, 0, 0], "std": [1, 0, 1]}):
+        with pytest.raises(BundleError, match="stage1_explain"):
+            check_features({"feature_spec": spec, "stage1_explain": explain}, 2)
+    with pytest.raises(BundleError, match="a spec of 1 to 65536 features for 1 sensors, got '0 features'"):
+        check_features({"feature_spec": {"windows": [5], "lags": [1], "families": ["cross"]}}, 1)
