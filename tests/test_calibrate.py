@@ -141,6 +141,8 @@ def test_mistakes_are_sentences(trained, synthetic, tmp_path):
         assert result.exit_code != 0 and message in result.output, (extra, result.output)
         assert "Traceback" not in result.output
     assert not (tmp_path / "new").exists()
+    result = run("--alarms-per-day", "14.4")                       # one-minute readings: 1% of them
+    assert result.exit_code == 0 and "(target 1%)" in result.output, result.output
 
 
 def test_alarms_per_day_use_the_readings_interval():

@@ -231,6 +231,7 @@ class Stage1(NamedTuple):
     thresholds: dict              # tau1, iforest, lof
     calibration: dict             # shares of normal calibration readings above each threshold
     explain: dict                 # the features' mean and std on normal calibration readings (runtime.explain)
+    seconds: dict = {}            # fitting time per model: iforest, lof
 
 
 class Stage2(NamedTuple):
@@ -242,6 +243,7 @@ class Stage2(NamedTuple):
     share_above_tau2: float
     calibration_ends: np.ndarray  # [windows] rows whose windows calibrated tau2
     calibration_scores: np.ndarray   # [windows] their stage-2 scores
+    seconds: float = 0.0          # the autoencoder's fitting time
 
 
 def chronological_split(data: Dataset, config: TrainConfig) -> Split:
@@ -253,7 +255,7 @@ def chronological_split(data: Dataset, config: TrainConfig) -> Split:
 
 
 def fit_stage1(values: np.ndarray, split: Split, config: TrainConfig, progress: Progress,
-               seconds: Optional[np.ndarray] = None) -> Stage1:
+               reading_seconds: Optional[np.ndarray] = None) -> Stage1:
     """The IsolationForest (stage 1), LOF (the reference) and their thresholds on normal calibration rows.
 
     The IsolationForest fits on every fit row past the feature warm-up, anomalies included,
@@ -268,9 +270,9 @@ def fit_stage1(values: np.ndarray, split: Split, config: TrainConfig, progress: 
     from sklearn.pipeline import make_pipeline  # noqa: PLC0415
     from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
     spec = config.features
-    if spec.needs_time and seconds is None:
+    if spec.needs_time and reading_seconds is None:
         raise InputError("the time features need a timestamp column, and the data has none")
-    times = None if seconds is None else seconds[:split.train_end]
+    times = None if reading_seconds is None else reading_seconds[:split.train_end]
     feats = batch_features(values[:split.train_end], spec, times)             # [train rows, features]
     fit_rows = np.arange(spec.history - 1, split.fit_end)
     clean_rows = window_ends(split.normal, 0, split.fit_end, spec.history)
@@ -281,20 +283,24 @@ def fit_stage1(values: np.ndarray, split: Split, config: TrainConfig, progress: 
                          % (split.fit_end, split.train_end - 1, cal_rows.size))
     log(progress, "features: %d columns; fit rows %d, calibration rows %d"
         % (feats.shape[1], fit_rows.size, cal_rows.size))
+    t0 = time.time()
     forest = IsolationForest(n_estimators=config.n_estimators, max_samples=min(config.max_samples, fit_rows.size),
                              random_state=config.seed).fit(feats[fit_rows])
+    t1 = time.time()
     s1_cal = -forest.score_samples(feats[cal_rows])
     tau1 = float(np.quantile(s1_cal, 1 - config.screen_share))
     tau_iforest = float(np.quantile(s1_cal, config.iforest_quantile))
     log(progress, "stage 1: IsolationForest(%d trees) fitted; tau1=%.4f (passes %.0f%% of normal), iforest-only "
         "tau=%.4f" % (config.n_estimators, tau1, 100 * config.screen_share, tau_iforest))
     lof = make_pipeline(StandardScaler(), LocalOutlierFactor(n_neighbors=config.lof_neighbors, novelty=True))
+    t2 = time.time()
     lof.fit(feats[clean_rows])
+    seconds = {"iforest": t1 - t0, "lof": time.time() - t2}
     tau_lof = float(np.quantile(-lof.score_samples(feats[cal_rows]), config.lof_quantile))
     return Stage1(forest, lof, {"tau1": tau1, "iforest": tau_iforest, "lof": tau_lof},
                   {"stage1_share_above_tau1": float(np.mean(s1_cal > tau1)),
                    "iforest_share_above_tau": float(np.mean(s1_cal > tau_iforest))},
-                  feature_statistics(feats[cal_rows]))
+                  feature_statistics(feats[cal_rows]), seconds)
 
 
 def fit_stage2(values: np.ndarray, split: Split, config: TrainConfig, progress: Progress,
@@ -324,9 +330,11 @@ def fit_stage2(values: np.ndarray, split: Split, config: TrainConfig, progress: 
         epoch + 1, "loss %.4f, validation %.4f" % (logs["loss"], logs["val_loss"])))
     c = config.input_clip
     x_fit, x_cal_in = np.clip(x_fit, -c, c), np.clip(x_cal, -c, c)
+    t0 = time.time()
     history = model.fit(x_fit, x_fit, validation_data=(x_cal_in, x_cal_in), epochs=config.epochs,
                         batch_size=config.batch_size, shuffle=True, callbacks=[stop, epochs],
                         verbose=2 if verbose and progress is not None else 0)
+    seconds = time.time() - t0
     ran = len(history.history["loss"])
     bar.done("best validation loss %.4f%s" % (min(history.history["val_loss"]),
                                               ", stopped early" if ran < config.epochs else ""))
@@ -341,17 +349,17 @@ def fit_stage2(values: np.ndarray, split: Split, config: TrainConfig, progress: 
                                                                     spec.margin, spec.quantile, spec.history,
                                                                     spec.margin))))
     return Stage2(model, transform, tau2, spec, history.history, float(np.mean(s2_cal > spec.margin * tau2)),
-                  cal_ends, s2_cal)
+                  cal_ends, s2_cal, seconds)
 
 
-def operating_point(values: np.ndarray, seconds: Optional[np.ndarray], stage1: Stage1, stage2: Stage2,
+def operating_point(values: np.ndarray, reading_seconds: Optional[np.ndarray], stage1: Stage1, stage2: Stage2,
                     config: TrainConfig, progress: Progress) -> Stage2:
     """Stage 2 with tau2 (static) or its margin (adaptive) set so that ``config.target_far`` of the normal
     calibration readings alarm in hybrid mode (stage 1 above tau1 and stage 2 above its threshold)."""
     from edge_detector.export.calibrate import NormalScores, level_for_rate, target_share  # noqa: PLC0415
     far = target_share(config.target_far)
     ends = stage2.calibration_ends
-    times = None if seconds is None else seconds[:ends[-1] + 1]
+    times = None if reading_seconds is None else reading_seconds[:ends[-1] + 1]
     s1 = -stage1.forest.score_samples(batch_features(values[:ends[-1] + 1], config.features, times)[ends])
     scores = NormalScores(s1, stage2.calibration_scores, s1 > stage1.thresholds["tau1"])
     tau2, spec = level_for_rate(scores, stage2.threshold, stage2.tau2, far)
@@ -417,6 +425,9 @@ def save_model(out_dir: str, meta: dict, stage1: Stage1, stage2: Stage2) -> None
         "calibration": {"stage1_share_above_tau1": stage1.calibration["stage1_share_above_tau1"],
                         "stage2_share_above_tau2": stage2.share_above_tau2,
                         "iforest_share_above_tau": stage1.calibration["iforest_share_above_tau"]},
+        # seconds to fit each model (the autoencoder's over all its epochs)
+        "fit_seconds": {"iforest": round(stage1.seconds.get("iforest", 0.0), 3),
+                        "lof": round(stage1.seconds.get("lof", 0.0), 3), "lstm_autoencoder": round(stage2.seconds, 3)},
     }
     with atomic_folder(out_dir, prefix=".model-") as tmp:
         stage2.model.save(os.path.join(tmp, KERAS_FILE))
