@@ -1,29 +1,17 @@
 """Explanations that hold (issue 22): equal faults get about equal shares, IF-only alarms are explained too, and
 every engine, the stream and the batch give the same contributions."""
-import datetime as dt
-
 import numpy as np
 import pytest
 
-from edge_detector.export.data import Dataset
 from edge_detector.runtime import Detector, Scores
 from tests.conftest import tiny_config
 
 
-def notebook_data(n=5000, seed=42, spikes=50, shift=5.0):
-    """The seed notebook's data (as ``generate --profile notebook``): 3 sensors with their own noise (0.5, 1, 0.25),
+def notebook_data():
+    """The seed notebook's data (``generate --profile notebook``): 3 sensors with their own noise (0.5, 1, 0.25),
     a daily cycle, and 50 readings where all three shift by the same +-5."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(n, dtype=np.float64)
-    daily = np.sin(2 * np.pi * t / 1440)[:, None]
-    values = np.array([20.0, 100.0, 1.0]) + np.array([2.0, 3.0, 0.2]) * daily \
-        + rng.normal(size=(n, 3)) * np.array([0.5, 1.0, 0.25])
-    at = np.sort(rng.choice(np.arange(100, n - 100), size=spikes, replace=False))
-    values[at] += rng.choice([-shift, shift], size=spikes)[:, None]
-    labels = np.zeros(n, dtype=bool)
-    labels[at] = True
-    stamps = [(dt.datetime(2024, 1, 1) + dt.timedelta(minutes=i)).strftime("%Y-%m-%d %H:%M:%S") for i in range(n)]
-    return Dataset(values, ["temperature", "pressure", "vibration"], stamps, labels, None)
+    from edge_detector.export.data import generate_notebook
+    return generate_notebook()
 
 
 @pytest.fixture(scope="module")
