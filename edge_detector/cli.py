@@ -3,13 +3,21 @@
 Each command parses options, calls one library function, and turns library errors into
 ``click.ClickException`` (a clear message, exit code 1, no traceback).
 """
-import contextlib
-import json
-import os
+import signal
 import sys
-import time
 
-import click
+# First thing, before the imports below (half a second; seconds on a gateway): a SIGHUP (systemctl reload right after
+# a start) must not end the process. Until the stream installs its handlers nothing is loaded, so there is nothing to
+# reload: the bundle is read after this anyway.
+if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+
+import click  # noqa: E402
 
 from edge_detector import __version__
 from edge_detector.export.data import PROFILES as DATA_PROFILES
@@ -18,7 +26,9 @@ from edge_detector.runtime import (
     DEFAULT_GAP_FACTOR, DEFAULT_MAX_JUMP_S, ENGINE_CHOICES, MISSING_POLICIES, MODES, OUTPUT_FORMATS, BundleError,
     InputError, StreamPolicy,
 )
+from edge_detector.runtime.checkpoint import checkpoint_folder
 from edge_detector.runtime.schema import VARIANTS
+from edge_detector.runtime.sensor_health import DEFAULT_MAX_FILL
 from edge_detector.runtime.threshold import KINDS as THRESHOLD_KINDS
 from edge_detector.runtime.trust import load_trust
 
@@ -87,7 +97,18 @@ trust_options = [
                  "them, never an older version than the last one accepted."),
     click.option("--state-dir", type=click.Path(file_okay=False), default=None,
                  help="Where the versions accepted are recorded (default: $STATE_DIRECTORY, else "
-                 "~/.local/state/edge-detector)."),
+                 "~/.local/state/edge-detector); given, or with $STATE_DIRECTORY set (systemd), also where the learnt "
+                 "state (an adaptive threshold's) is checkpointed and restored from at the next start of the same "
+                 "bundle."),
+    click.option("--no-checkpoint", is_flag=True, help="Neither restore nor write the checkpoint of the learnt state."),
+]
+health_options = [
+    click.option("--max-fill", type=click.IntRange(min=0), default=DEFAULT_MAX_FILL, show_default=True,
+                 help="Readings in a row one sensor may be filled (--missing hold-last, interpolate); after that it is "
+                 "reported dead and readings without it are rejected until it reports again (0: no limit)."),
+    click.option("--stuck-after", type=click.IntRange(min=0), default=None,
+                 help="Readings of one unchanged value before a sensor that moved in training is reported stuck "
+                 "[default: 3 warm-ups, at least 30, and over twice the longest run training saw; 0: never]."),
 ]
 watch_option = click.option("--watch", is_flag=True,
                             help="Also reload the bundle when its folder or manifest.json changes (a new folder "
@@ -316,6 +337,7 @@ def calibrate(bundle, normal, out, target_far, alarms_per_day, sensors, timestam
 @click.option("--missing", type=click.Choice(MISSING_POLICIES), default="reject", show_default=True,
               help="Empty sensor fields: reject the line, hold the sensor's last value, or interpolate "
                    "linearly to its next value (which delays those readings until it arrives).")
+@with_options(health_options)
 @with_options(time_options)
 @click.option("--stream-col", default=None, metavar="COLUMN",
               help="Column (or JSON key) naming each reading's machine, when one input carries several machines "
@@ -326,8 +348,8 @@ def calibrate(bundle, normal, out, target_far, alarms_per_day, sensors, timestam
                    "(for Telegraf's inputs.execd).")
 @with_options(trust_options)
 @watch_option
-def detect(bundle, input, engine, variant, mode, out, alarms_only, missing, gap_factor, max_jump, stream_col, stats,
-           output_format, trusted_keys, state_dir, watch):
+def detect(bundle, input, engine, variant, mode, out, alarms_only, missing, max_fill, stuck_after, gap_factor, max_jump,
+           stream_col, stats, output_format, trusted_keys, state_dir, no_checkpoint, watch):
     """Score CSV or JSON Lines readings; write one JSON event per reading (JSON Lines).
 
     Reads the CSV layout `train` reads (timestamp and label columns are recognised and not
@@ -341,9 +363,22 @@ def detect(bundle, input, engine, variant, mode, out, alarms_only, missing, gap_
     repeating, going back or jumping too far, a missing value under --missing reject) goes to
     stderr as {"line": N, "error": "..."} and the stream goes on; a state reset after a long
     gap or a clock change is reported as {"line": N, "notice": "..."}. --stats prints
-    {"stats": {"read", "scored", "rejected", "alarms", "filled", "resets"}} at the end; read =
-    scored + rejected. SIGTERM or SIGINT finishes the current line, flushes, prints the stats
-    and exits 0; so does a reader that goes away (| head).
+    {"stats": {"read", "scored", "rejected", "alarms", "filled", "resets", "warmup", "reloads",
+    "reloads_unchanged", "reloads_refused", "dead", "stuck", "departed"}} at the end; read =
+    scored + rejected, warmup counts the readings scored in a warm-up. SIGTERM or SIGINT finishes
+    the current line, flushes, prints the stats and exits 0; so does a reader that goes away
+    (| head). The handlers are in place before the bundle loads: a SIGHUP then is acted on once
+    the stream runs.
+
+    Sensor health: a sensor filled --max-fill times in a row is reported dead ({"line": N,
+    "notice": "...", "sensor": name, "health": "dead"}) and readings without it are rejected until
+    it reports again ("alive"); one unchanged for --stuck-after readings is "stuck" (then
+    "moving"); one constant in training that reads another value is "departed" (then "returned"):
+    the model cannot see such a sensor move.
+
+    A CSV header line met again (a rotated file) re-maps the columns from there on, with a
+    notice; a header without the bundle's sensors is rejected by name, and so are the rows after
+    it until a header names them.
 
     --format influx writes the same events as InfluxDB line protocol: measurement
     edge_detector; fields line, stage1, stage2 (absent where stage 2 did not run),
@@ -359,7 +394,11 @@ def detect(bundle, input, engine, variant, mode, out, alarms_only, missing, gap_
     manifest.json, checked about once a second) loads the bundle again, verified as at the start
     (same engine, mode, variant, trusted keys and version ledger), and swaps it in between two
     readings: nothing is lost or scored twice, and the new model's warm-up is said on stderr. A
-    bundle that does not verify is refused with a notice, and the old one keeps scoring.
+    bundle that does not verify is refused with a notice, and the old one keeps scoring. An
+    unchanged bundle (the same manifest.json bytes) is not reloaded: a notice, no new warm-up.
+    With --state-dir (or $STATE_DIRECTORY) the learnt state is checkpointed there (every 1000
+    readings or 60 s, and at the end) and restored at the next start of the same bundle; a
+    corrupt or foreign checkpoint is refused by name and the bundle's own start is used.
 
     Examples:
 
@@ -368,11 +407,13 @@ def detect(bundle, input, engine, variant, mode, out, alarms_only, missing, gap_
         edge-detector detect bundle/ pumps.csv --stream-col asset --alarms-only
     """
     from edge_detector.runtime import detect as score_stream  # noqa: PLC0415
-    policy = StreamPolicy(missing=missing, gap_factor=gap_factor, max_jump=max_jump)
+    policy = StreamPolicy(missing=missing, gap_factor=gap_factor, max_jump=max_jump, max_fill=max_fill,
+                          stuck_after=stuck_after)
     with reported(BundleError, InputError, OSError):
         counts = score_stream(bundle, input, out, sys.stderr, engine=engine, mode=mode, alarms_only=alarms_only,
                               policy=policy, output_format=output_format, trust=load_trust(trusted_keys, state_dir),
-                              variant=variant, stream_col=stream_col, watch=watch)
+                              variant=variant, stream_col=stream_col, watch=watch,
+                              checkpoint_dir=None if no_checkpoint else checkpoint_folder(state_dir))
     if stats:
         _echo_err(json.dumps({"stats": counts}))
 
@@ -563,6 +604,7 @@ def package(bundle, out, sign_key):
 @mode_option
 @click.option("--missing", type=click.Choice(MISSING_POLICIES), default="reject", show_default=True,
               help="Missing sensor values (absent or null keys): as for detect.")
+@with_options(health_options)
 @with_options(time_options)
 @click.option("--client-id", default=None, help="MQTT client id (default: edge-detector-<pid>).")
 @click.option("--username", default=None,
@@ -583,9 +625,9 @@ def package(bundle, out, sign_key):
 @with_options(trust_options)
 @watch_option
 def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format, engine, variant, mode, missing,
-         gap_factor,
+         max_fill, stuck_after, gap_factor,
          max_jump, client_id, username, password_file, tls_ca, tls_cert, tls_key, persistent_session, max_inbox_mb,
-         trusted_keys, state_dir, watch):
+         trusted_keys, state_dir, no_checkpoint, watch):
     """Subscribe to a topic of JSON readings and publish alarm events to another topic.
 
     Needs the mqtt extra (paho-mqtt). Each message is one JSON reading keyed by sensor name,
@@ -599,7 +641,8 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
     broker that is down is retried, with a line on stderr per attempt; a broker certificate that
     does not verify against --tls-ca ends the bridge with exit 1 and a sentence. SIGHUP (systemctl
     reload), or with --watch a change of the bundle, swaps in a new bundle between two messages,
-    as for detect.
+    as for detect (an unchanged one costs nothing); the signal handlers are in place before the
+    bundle loads. Sensor health and the checkpoint of the learnt state: as for detect.
 
     Example:
 
@@ -612,22 +655,34 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
     if tls_key and not tls_cert:
         raise click.UsageError("--tls-key needs --tls-cert")
     from edge_detector.mqtt import MqttConfigError, Tls, run_bridge  # noqa: PLC0415
+    from edge_detector.runtime.checkpoint import open_checkpointer  # noqa: PLC0415
     from edge_detector.runtime.reload import Reloader  # noqa: PLC0415
+    from edge_detector.runtime.signals import SignalRelay, Stopped  # noqa: PLC0415
     password = os.environ.get("MQTT_PASSWORD")
     if password_file:
         with open(password_file, encoding="utf-8") as fh:
             password = fh.readline().rstrip("\r\n")
     with reported(BundleError):
         reloader = Reloader(bundle, engine=engine, mode=mode, trust=load_trust(trusted_keys, state_dir),
-                            variant=variant, watch=watch)
-        detector = reloader.load()
-    policy = StreamPolicy(missing=missing, gap_factor=gap_factor, max_jump=max_jump)
-    with reported(MqttConfigError):
-        counts = run_bridge(detector, host=host, port=port, in_topic=in_topic, out_topic=out_topic, qos=qos,
-                            alarms_only=not all_events, policy=policy, output_format=output_format,
-                            client_id=client_id, username=username, password=password, err=sys.stderr,
-                            persistent_session=persistent_session, tls=Tls(tls_ca, tls_cert, tls_key),
-                            reloader=reloader, max_inbox_bytes=int(max_inbox_mb * 2**20))
+                            variant=variant, watch=watch, checkpointer=open_checkpointer(
+                                None if no_checkpoint else checkpoint_folder(state_dir), bundle))
+    relay = SignalRelay(reloader.request)
+    with relay.installed():                  # before the load: a SIGHUP then must not end the service
+        try:
+            with reported(BundleError):
+                detector = reloader.load()
+        except Stopped:
+            _echo_err(json.dumps({"notice": "stopped by a signal while the bundle loaded: nothing scored"}))
+            return
+        relay.started()
+        policy = StreamPolicy(missing=missing, gap_factor=gap_factor, max_jump=max_jump, max_fill=max_fill,
+                              stuck_after=stuck_after)
+        with reported(MqttConfigError):
+            counts = run_bridge(detector, host=host, port=port, in_topic=in_topic, out_topic=out_topic, qos=qos,
+                                alarms_only=not all_events, policy=policy, output_format=output_format,
+                                client_id=client_id, username=username, password=password, err=sys.stderr,
+                                persistent_session=persistent_session, tls=Tls(tls_ca, tls_cert, tls_key),
+                                reloader=reloader, max_inbox_bytes=int(max_inbox_mb * 2**20), stop=relay.event)
     _echo_err(json.dumps({"stats": counts}))
 
 

@@ -302,6 +302,8 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
             if not persistent_session and link.fatal is None:
                 drain(client, inbox, handle, in_topic, unsubscribed, note, mqtt.MQTT_ERR_SUCCESS)
             scorer.flush_pending()
+            if reloader is not None:
+                reloader.finish(scorer, note)        # the last checkpoint of the learnt state (i21b)
     finally:
         stop.set()
         inbox.close()                        # a put waiting for room gives its message up, unacknowledged

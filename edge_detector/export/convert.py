@@ -273,6 +273,8 @@ def build_manifest(models: TrainedModels, ops: list, parity: dict, files: Dict[s
     }
     if meta.get("stage1_explain"):
         manifest["stage1_explain"] = meta["stage1_explain"]
+    if "sensor_profile" in meta:                # what training saw of each sensor (runtime.sensor_health)
+        manifest["sensor_profile"] = meta["sensor_profile"]
     manifest["manifest_sha256"] = manifest_digest(manifest)
     return manifest
 

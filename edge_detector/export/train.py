@@ -28,6 +28,7 @@ from edge_detector.export.tf_setup import configure_device, import_tf, quiet_nat
 from edge_detector.runtime import FeatureSpec, InputError, WindowTransform, batch_features, prepare_windows, windows_at
 from edge_detector.runtime.errors import check_choice
 from edge_detector.runtime.explain import feature_statistics
+from edge_detector.runtime.sensor_health import constant_mask, profile_of
 from edge_detector.runtime.threshold import KINDS, ThresholdSpec
 from edge_detector.runtime.windows import (REDUCTIONS, sensor_units_error, smooth_windows, stage2_scores,
                                           window_scores)
@@ -439,6 +440,18 @@ def save_model(out_dir: str, meta: dict, stage1: Stage1, stage2: Stage2) -> None
             json.dump(metrics, fh, indent=2)
 
 
+def sensor_profile(values: np.ndarray, sensors: Sequence[str], progress: Progress) -> dict:
+    """What training saw of each sensor: [train rows, sensors] -> the manifest's ``sensor_profile`` (low, high, longest
+    unchanged run; ``runtime.sensor_health``). A sensor constant in it is named in a warning through ``progress``:
+    neither model can see it move, so the gateway reports a reading off that constant instead."""
+    profile = profile_of(values)
+    for k in np.flatnonzero(constant_mask(profile, len(sensors))):
+        log(progress, "warning: sensor %r is constant (%g) in the training data: neither model can see it move; the "
+            "gateway reports a reading off %g as a sensor-health notice (\"departed\")"
+            % (sensors[k], profile["low"][k], profile["low"][k]))
+    return profile
+
+
 def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None, progress: Progress = print,
           source: Optional[str] = None, verbose: bool = False) -> dict:
     """Fit all models on ``data`` and write them with their calibration to ``out_dir``; returns model.json's dict.
@@ -455,6 +468,7 @@ def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None, pro
         len(values), values.shape[1], ", ".join(data.sensors),
         "labels present: the anomalous readings are left out of the normal fits" if data.labels is not None
         else "no labels: every training reading is taken as normal"))
+    profile = sensor_profile(values[:split.train_end], data.sensors, progress)
     stage1 = fit_stage1(values, split, config, progress, data.seconds)
     with quiet_native_log(verbose):
         tf, _, _ = import_tf()
@@ -464,6 +478,7 @@ def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None, pro
     if config.target_far is not None:
         stage2 = operating_point(values, data.seconds, stage1, stage2, config, progress)
     meta = model_meta(data, config, split, stage1, stage2, device, source, time.time() - t0)
+    meta["sensor_profile"] = profile
     save_model(out_dir, meta, stage1, stage2)
     log(progress, "saved %s in %.1fs" % (out_dir, time.time() - t0))
     return meta

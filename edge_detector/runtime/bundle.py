@@ -38,6 +38,7 @@ class Bundle(NamedTuple):
     manifest: dict
     arrays: Dict[str, np.ndarray]
     signer: Optional[str] = None          # the signing key's fingerprint, when trusted keys were given
+    bundle_id: str = ""                   # sha256 of manifest.json's bytes: an unchanged bundle has the same id
 
     def file(self, name: str) -> str:
         """The path of a file the manifest lists; BundleError if it lists none by that name."""
@@ -187,4 +188,4 @@ def load_bundle(path: str, trust: Optional[Trust] = None) -> Bundle:
     check_forest(manifest, arrays)
     if trust is not None:
         check_version(path, manifest, trust)
-    return Bundle(path, manifest, arrays, signer)
+    return Bundle(path, manifest, arrays, signer, hashlib.sha256(data).hexdigest())

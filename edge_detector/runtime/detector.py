@@ -139,7 +139,8 @@ class Detector:
         self.span = self.transform.span
         self.warmup = max(self.span, self.spec.history)
         self.stage1, self.stage2 = self._stages(bundle, engine, threads)
-        self.state = StreamState(self)
+        self.bundle_id = bundle.bundle_id                    # sha256 of manifest.json's bytes (checkpoint.py)
+        self.stream_state = StreamState(self)
 
     def _stages(self, bundle: Bundle, engine: str, threads: Optional[int]):
         stage1_engine, stage2_engine = stage_engines(engine)
@@ -185,16 +186,37 @@ class Detector:
 
     @property
     def threshold(self) -> Threshold:
-        return self.state.threshold
+        return self.stream_state.threshold
 
     @property
     def count(self) -> int:
         """Readings this stream has seen since its start or its last reset."""
-        return self.state.count
+        return self.stream_state.count
+
+    def state(self) -> Dict[str, dict]:
+        """What this stream's detector learnt while running, by component: ``{"threshold": ...}`` for an adaptive
+        threshold (a static one learns nothing), other learning components under their own key; ``{}`` when
+        nothing is learnt. JSON-able values and NumPy arrays (``checkpoint.save_checkpoint`` stores it).
+
+        The window and the warm-up are not in it: a restart is a gap, and a gap starts a new window.
+        """
+        out = {}
+        if self.stream_state.threshold.adaptive:
+            out["threshold"] = self.stream_state.threshold.state()
+        return out
+
+    def restore(self, state: Dict[str, dict]) -> None:
+        """Hand each component its part of ``state()``'s dict (from a checkpoint of the same bundle). ValueError
+        naming the part when it does not fit this bundle; then nothing is changed."""
+        unknown = sorted(set(state) - {"threshold"})
+        if unknown:
+            raise ValueError("state for components this detector does not have: %s" % ", ".join(unknown))
+        if "threshold" in state:
+            self.stream_state.threshold.restore(state["threshold"])
 
     def reset(self) -> None:
         """Forget the stream's window: the next reading starts a new warm-up (the threshold keeps what it learnt)."""
-        self.state.reset()
+        self.stream_state.reset()
 
     def check_reading(self, reading: Sequence[float]) -> np.ndarray:
         """The reading as a float64 vector [sensors]; InputError for a wrong length or an unscorable value."""
@@ -261,12 +283,12 @@ class Detector:
         the time of day and week. Raises ``InputError`` for a reading of the wrong length or with NaN/inf
         (or without a time the features need), and then leaves the stream's state untouched.
         """
-        return self.score_states([self.state], [self.check_reading(reading)], [seconds])[0]
+        return self.score_states([self.stream_state], [self.check_reading(reading)], [seconds])[0]
 
     def fork(self) -> "Detector":
         """A detector for another stream: the same model, engines and thresholds, a fresh state of its own."""
         other = copy.copy(self)
-        other.state = StreamState(self)
+        other.stream_state = StreamState(self)
         return other
 
     def score(self, values: np.ndarray, batch_size: int = 256, seconds: Optional[np.ndarray] = None) -> Scores:

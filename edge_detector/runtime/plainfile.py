@@ -29,12 +29,16 @@ def open_plain_file(path: str, limit: Optional[int] = None, follow: bool = False
         raise
     except OSError as exc:
         raise BundleError("%s cannot be opened as a plain file (%s)" % (path, exc.strerror or exc)) from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
+    try:                                         # checked before fdopen, which refuses a folder with an OSError
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise BundleError("%s is not a regular file (%s)" % (path, _kind(info.st_mode)))
         if limit is not None and info.st_size > limit:
             raise too_big(path, limit, info.st_size)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as fh:
         yield fh
 
 

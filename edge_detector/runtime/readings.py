@@ -366,7 +366,8 @@ def read_lines(lines: Iterable[Union[bytes, str]], sensors: Sequence[str],
             notice = ignored_notice(layout)
             if notice:
                 yield Notice(n, notice)
-            yield from _csv_items(it, layout, n + 1)
+            from .headers import HeaderWatch  # noqa: PLC0415 (headers builds on this module: a header met again)
+            yield from HeaderWatch(layout, sensors, stream_col).lines(it, n + 1)
             return
 
 

@@ -187,9 +187,28 @@ def check_variants(m: dict) -> None:
         check_adaptive({"threshold": v.get("threshold")})
 
 
+def check_profile(m: dict, n_sensors: int) -> None:
+    """The optional ``sensor_profile`` (runtime.sensor_health): low <= high per sensor, and each longest run a count."""
+    p = m.get("sensor_profile")
+    if p is None:
+        return
+    if not isinstance(p, dict):
+        raise _fail("sensor_profile", "an object with low, high and max_run", p)
+    _floats("sensor_profile.low", p.get("low"), (n_sensors,))
+    _floats("sensor_profile.high", p.get("high"), (n_sensors,))
+    if not all(lo <= hi for lo, hi in zip(p["low"], p["high"])):
+        raise _fail("sensor_profile", "low <= high for every sensor", p)
+    runs = p.get("max_run")
+    if not isinstance(runs, list) or len(runs) != n_sensors:
+        raise _fail("sensor_profile.max_run", "a list of %d counts" % n_sensors, runs)
+    for v in runs:
+        _int({}, "sensor_profile.max_run", 1, 2 ** 62, v)
+
+
 def check_manifest(m: dict) -> None:
     """Refuse a manifest whose fields are missing, of the wrong type, or out of bounds."""
     n_sensors = check_sensors(m)
+    check_profile(m, n_sensors)
     check_features(m, n_sensors)
     check_stage2(m, n_sensors)
     check_thresholds(m)
