@@ -64,6 +64,23 @@ def _names(text):
     return [s.strip() for s in text.split(",")] if text else None
 
 
+def _integers(text, hint):
+    try:
+        return [int(v) for v in _names(text)] if text else None
+    except ValueError:
+        raise click.BadParameter("%r: give whole numbers separated by commas" % text, param_hint=hint) from None
+
+
+def _share(text, hint):
+    """'0.5%' or '0.005' -> 0.005 (None stays None)."""
+    if text is None:
+        return None
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise click.BadParameter("%r: give a share such as 0.005 or 0.5%%" % text, param_hint=hint) from None
+
+
 def _quantizations(text):
     names = _names(text) or ["none"]
     allowed = ("none",) + VARIANTS
@@ -132,7 +149,8 @@ def with_options(options):
 def cli():
     """Two-stage IoT sensor anomaly detection: train on a workstation, run on a gateway.
 
-    Workstation: generate -> train -> export -> package, and fleet (one model per machine).
+    Workstation: generate -> train -> export -> package, calibrate (new thresholds, no retraining),
+    and fleet (one model per machine).
     Gateway: detect, mqtt (or the packaged runtime alone: python3 -m runtime). Both: evaluate,
     bench, demo.
     """
@@ -193,14 +211,24 @@ def with_data_options(fn):
 @click.option("--threshold", type=click.Choice(THRESHOLD_KINDS), default=None,
               help="Stage-2 threshold: static (tau2 fixed at training) or adaptive (follows the stream's own "
               "recent normal scores on the device, frozen while an alarm lasts) [static or adaptive].")
-@click.option("--tau2-margin", default=None, type=click.FloatRange(min=1.0),
-              help="Stage-2 threshold margin over the calibration quantile: room for drift after training "
-              "[1.0 or 1.55].")
+@click.option("--tau2-margin", default=None, type=click.FloatRange(min=0.0, min_open=True),
+              help="Stage-2 threshold margin over the calibration quantile: above 1 leaves room for drift after "
+              "training, below 1 makes stage 2 more sensitive than its quantile [1.0 or 1.55].")
+@click.option("--target-far", default=None, metavar="SHARE",
+              help="Set tau2 (or the adaptive margin) so that this share of the normal calibration readings alarms "
+              "in hybrid mode, e.g. 0.5% or 0.005, instead of the quantile and margin.")
+@click.option("--features", "families", default=None, metavar="FAMILIES",
+              help="Comma-separated stage-1 feature families: level, mean, std, minmax (or max, min), lag, diff "
+              "(rate of change), cross (products of sensors' deviations), time (time of day and week: needs a "
+              "timestamp column), abs [preset's: level,mean,diff or abs].")
+@click.option("--feature-windows", default=None, metavar="N,N,...",
+              help="Rolling windows of the features, in readings; the last is the level [5,15,50 or 5,15].")
+@click.option("--lags", default=None, metavar="N,N,...", help="Lags of the diff and lag families, in readings [1].")
 @click.option("--train-fraction", default=0.8, show_default=True,
               help="Leading share of rows used for training (its last 15% calibrates); the rest is the test split.")
 @verbose_option
 def train(data, out, sensors, label_col, timestamp_col, preset, seed, window, epochs, screen_share, threshold,
-          tau2_margin, train_fraction, verbose):
+          tau2_margin, target_far, families, feature_windows, lags, train_fraction, verbose):
     """Train IsolationForest, LSTM autoencoder and LOF, and calibrate thresholds on normal data.
 
     Uses a GPU when TensorFlow sees one. Saves Keras (native format), scikit-learn (joblib),
@@ -211,12 +239,16 @@ def train(data, out, sensors, label_col, timestamp_col, preset, seed, window, ep
     \b
         edge-detector train data.csv --out model/
         edge-detector train pump.csv --out model/ --preset rig --train-fraction 0.35
+        edge-detector train data.csv --out model/ --features level,mean,std,minmax,diff --feature-windows 5,15,50
     """
     _require_train_extra()
     from edge_detector.export.train import preset_config, train_csv  # noqa: PLC0415
-    config = preset_config(preset, seed=seed, window=window, epochs=epochs, screen_share=screen_share,
-                           threshold=threshold, tau2_margin=tau2_margin, train_fraction=train_fraction)
     with reported(InputError):
+        config = preset_config(preset, families=_names(families), feature_windows=_integers(feature_windows,
+                                                                                             "--feature-windows"),
+                               lags=_integers(lags, "--lags"), seed=seed, window=window, epochs=epochs,
+                               screen_share=screen_share, threshold=threshold, tau2_margin=tau2_margin,
+                               target_far=_share(target_far, "--target-far"), train_fraction=train_fraction)
         train_csv(data, out, config, _names(sensors), label_col, timestamp_col, progress=_echo_err, verbose=verbose)
     click.echo("model written to %s" % out)
 
@@ -253,6 +285,47 @@ def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col, sign_key
     click.echo("bundle written to %s" % out)
 
 
+@cli.command(short_help="Re-set a bundle's thresholds from new normal data, without retraining.")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("normal", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Bundle folder to write (a copy of BUNDLE with the new thresholds).")
+@click.option("--target-far", default=None, metavar="SHARE",
+              help="Share of normal readings that may alarm in hybrid mode: 0.5% or 0.005.")
+@click.option("--alarms-per-day", default=None, type=click.FloatRange(min=0.0, min_open=True),
+              help="Instead of --target-far: false alarms a day, from the readings' median interval.")
+@click.option("--sensors", default=None, help="Comma-separated sensor columns (default: the bundle's sensors).")
+@click.option("--timestamp-col", default=None, help="Timestamp column (default: timestamp, datetime, time...).")
+@sign_option
+@click.option("--bundle-version", type=click.IntRange(min=0), default=None,
+              help="The new bundle's version [default: the old one + 1, or the time in epoch seconds if later].")
+def calibrate(bundle, normal, out, target_far, alarms_per_day, sensors, timestamp_col, sign_key, bundle_version):
+    """Re-set a bundle's thresholds so that a chosen share of normal readings alarms: no model folder, no
+    retraining, no TensorFlow.
+
+    NORMAL is a CSV of normal operation (its labels, if any, are not read). The stage-2 threshold (static:
+    tau2; adaptive: its margin and starting history) and the IF-only threshold are set so that the target
+    share of NORMAL's readings alarms; tau1, and every engine file, stay as they were. The new bundle has a
+    higher version and, with --sign-key, a new signature, and the engines installed here are checked to
+    agree on NORMAL before it is written beside --out and renamed into place.
+
+    Examples:
+
+    \b
+        edge-detector calibrate bundle/ normal.csv --target-far 0.5% --out bundle-new/ --sign-key ~/.ssh/edge_owner
+        edge-detector calibrate bundle/ normal.csv --alarms-per-day 2 --out bundle-new/
+    """
+    from edge_detector.export.calibrate import calibrate_csv  # noqa: PLC0415
+    from edge_detector.export.convert import ParityError  # noqa: PLC0415 (no TensorFlow)
+    with reported(BundleError, InputError, ParityError):
+        manifest = calibrate_csv(bundle, normal, out, _names(sensors), timestamp_col,
+                                 target_far=_share(target_far, "--target-far"), alarms_per_day=alarms_per_day,
+                                 sign_key=sign_key, version=bundle_version, progress=_echo_err)
+    c = manifest["calibration"]
+    click.echo("bundle written to %s: version %d, %.4g%% of the normal readings alarm (target %.4g%%)"
+               % (out, manifest["bundle_version"], 100 * c["measured_far"], 100 * c["target_far"]))
+
+
 @cli.command(short_help="Score CSV or JSON Lines readings with a bundle: one event per reading.")
 @click.argument("bundle", type=click.Path())
 @click.argument("input", default="-", type=click.Path(allow_dash=True))
@@ -282,7 +355,7 @@ def detect(bundle, input, engine, variant, mode, out, alarms_only, missing, max_
     Reads the CSV layout `train` reads (timestamp and label columns are recognised and not
     scored), or JSON Lines objects keyed by sensor name. Each event holds line, timestamp,
     stage1, stage2 (null where stage 2 did not run), is_anomaly, warmup, and for stage-2
-    readings top_sensors and contributions. Events are flushed line by line.
+    readings (and IF-only alarms) top_sensors and contributions. Events are flushed line by line.
 
     Error stream: every input line is scored or rejected, and no line stops the stream. A
     rejected line (wrong field count, not a number, NaN or inf, bytes that are not UTF-8, a

@@ -28,6 +28,7 @@ ELSEWHERE = {
     "python3 -m runtime bench": "minutes of timing: test_numpy_only and test_arm64 run it with fewer readings",
     "edge-detector bench": "minutes of timing: test_bench runs it (and --compare) with fewer runs",
     "edge-detector fleet": "trains a model per machine: test_fleet runs fleet train (local and Ray) and fleet report",
+    "edge-detector calibrate": "needs normal readings of the bundle's machine: test_calibrate makes them and runs it",
     "edge-detector report": "scores every mode and draws: test_report runs it (through the CLI) on this session's model",
 }
 # commands holding these run with a key made by the test that covers them

@@ -14,7 +14,7 @@ import numpy as np
 from edge_detector.export.files import atomic_file
 from edge_detector.runtime import InputError, Layout, Reading, Rejected
 from edge_detector.runtime.errors import check_choice
-from edge_detector.runtime.readings import ignored_notice, open_csv
+from edge_detector.runtime.readings import ignored_notice, open_csv, timestamp_ns
 
 ANOMALY_KINDS = ("spike", "drop", "contextual", "collective")
 MINUTES_PER_DAY = 1440
@@ -45,6 +45,14 @@ class Dataset(NamedTuple):
     labels: Optional[np.ndarray]       # [time] bool, or None when the file has no label column
     kinds: Optional[List[str]]         # anomaly_type per reading ('' for normal), when present
     signal: Optional[SignalParams] = None   # synthetic data only: how the normal part was drawn
+
+    @property
+    def seconds(self) -> Optional[np.ndarray]:
+        """Each reading's time in epoch seconds [time] (naive times as UTC, parsed as the runtime parses them),
+        or None without timestamps: what the ``time`` feature family reads."""
+        if not self.timestamps:
+            return None
+        return np.array([timestamp_ns(t) / 1e9 for t in self.timestamps], dtype=np.float64)
 
     @property
     def sha256(self) -> str:

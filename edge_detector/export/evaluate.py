@@ -57,14 +57,14 @@ def evaluate(bundle: str, data: Dataset, start: int = 0, engine: str = "numpy", 
     report: Dict[str, dict] = {}
     for mode in modes:
         detector = Detector.load(bundle, engine=engine, mode=mode)
-        scores = detector.score(data.values).rows(slice(start, None))
+        scores = detector.score(data.values, seconds=data.seconds).rows(slice(start, None))
         m = point_metrics(labels, scores.is_anomaly, continuous_scores(detector, scores), kinds)
         m["stage2_share"] = float(np.mean(scores.stage2_ran))
         report[mode] = m
     if model_dir is not None:
         from edge_detector.export.train import TrainedModels  # noqa: PLC0415
         models = TrainedModels(model_dir)
-        lof = models.lof_score(batch_features(data.values, models.spec))[start:]
+        lof = models.lof_score(batch_features(data.values, models.spec, data.seconds))[start:]
         m = point_metrics(labels, lof > models.meta["thresholds"]["lof"], lof, kinds)
         m["stage2_share"] = 0.0
         report["lof"] = m

@@ -26,11 +26,13 @@ from edge_detector.export.files import atomic_folder
 from edge_detector.export.progress import Bar, Progress, log
 from edge_detector.export.tf_setup import configure_device, import_tf, quiet_native_log
 from edge_detector.runtime import FeatureSpec, InputError, WindowTransform, batch_features, prepare_windows, windows_at
+from edge_detector.runtime.energy import energy_weight
 from edge_detector.runtime.errors import check_choice
+from edge_detector.runtime.explain import feature_statistics
 from edge_detector.runtime.sensor_health import constant_mask, profile_of
 from edge_detector.runtime.threshold import KINDS, ThresholdSpec
-from edge_detector.runtime.energy import energy_weight
-from edge_detector.runtime.windows import REDUCTIONS, smooth_windows, stage2_scores, window_scores
+from edge_detector.runtime.windows import (REDUCTIONS, sensor_units_error, smooth_windows, stage2_scores,
+                                          window_scores)
 
 KERAS_FILE = "lstm_ae.keras"
 IFOREST_FILE = "iforest.joblib"
@@ -59,6 +61,9 @@ class TrainConfig:
     screen_share: float = 0.08       # share of normal readings stage 1 passes to stage 2
     tau2_quantile: float = 0.999     # of normal-window stage-2 scores
     tau2_margin: float = 1.0         # tau2 = margin x that quantile (room for drift between training and use)
+    # Instead of quantile and margin: the share of normal calibration readings that alarm in hybrid mode
+    # (export.calibrate sets tau2, or the adaptive margin, to it; ``edge-detector calibrate`` does it later).
+    target_far: Optional[float] = None
     # "static": tau2 as above. "adaptive": the device follows its own normal scores (runtime.threshold):
     # tau_t = margin x max(that quantile, the adaptive_quantile of the last adaptive_history scores that
     # did not alarm), starting from the calibration windows' scores.
@@ -123,11 +128,28 @@ PRESETS = {
 }
 
 
-def preset_config(name: str, **overrides) -> "TrainConfig":
-    """A TrainConfig from a named preset, with fields overridden (None values are ignored)."""
+def preset_config(name: str, families: Optional[Sequence[str]] = None, feature_windows: Optional[Sequence[int]] = None,
+                  lags: Optional[Sequence[int]] = None, **overrides) -> "TrainConfig":
+    """A TrainConfig from a named preset, with fields overridden (None values are ignored).
+
+    ``families``, ``feature_windows`` and ``lags`` replace those of the preset's stage-1 features
+    (``FeatureSpec.from_names``: "minmax" stands for max and min); InputError for an unknown family or a
+    spec that yields no feature.
+
+    >>> preset_config("trend", families=["level", "std"], feature_windows=[10, 30]).features.families
+    ('level', 'std')
+    """
     check_choice("preset", name, tuple(PRESETS))
     params = dict(PRESETS[name])
     params.update({k: v for k, v in overrides.items() if v is not None})
+    if families or feature_windows or lags:
+        base = params.get("features", FeatureSpec())
+        try:
+            params["features"] = FeatureSpec.from_names(families or base.families, feature_windows or base.windows,
+                                                        lags or base.lags)
+            batch_features(np.zeros((1, 2)), params["features"], np.zeros(1))       # it yields some features
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
     return TrainConfig(**params)
 
 
@@ -206,6 +228,7 @@ def transform_fields(transform: WindowTransform) -> dict:
     return {"smooth": transform.smooth, "reduce": transform.reduce,
             "centre": None if transform.centre is None else transform.centre.tolist(),
             "whiten": None if transform.whiten is None else transform.whiten.tolist(),
+            "error_baseline": None if transform.baseline is None else transform.baseline.tolist(),
             **({"energy": transform.energy} if transform.energy > 0 else {})}
 
 
@@ -221,6 +244,7 @@ class Stage1(NamedTuple):
     lof: object                   # sklearn Pipeline(StandardScaler, LocalOutlierFactor)
     thresholds: dict              # tau1, iforest, lof
     calibration: dict             # shares of normal calibration readings above each threshold
+    explain: dict                 # the features' mean and std on normal calibration readings (runtime.explain)
     seconds: dict = {}            # fitting time per model: iforest, lof
 
 
@@ -231,6 +255,8 @@ class Stage2(NamedTuple):
     threshold: ThresholdSpec      # static, or adaptive with its starting history
     history: dict                 # Keras' loss and val_loss per epoch
     share_above_tau2: float
+    calibration_ends: np.ndarray  # [windows] rows whose windows calibrated tau2
+    calibration_scores: np.ndarray   # [windows] their stage-2 scores
     seconds: float = 0.0          # the autoencoder's fitting time
 
 
@@ -242,7 +268,8 @@ def chronological_split(data: Dataset, config: TrainConfig) -> Split:
     return Split(fit_end, train_end, normal)
 
 
-def fit_stage1(values: np.ndarray, split: Split, config: TrainConfig, progress: Progress) -> Stage1:
+def fit_stage1(values: np.ndarray, split: Split, config: TrainConfig, progress: Progress,
+               reading_seconds: Optional[np.ndarray] = None) -> Stage1:
     """The IsolationForest (stage 1), LOF (the reference) and their thresholds on normal calibration rows.
 
     The IsolationForest fits on every fit row past the feature warm-up, anomalies included,
@@ -257,7 +284,10 @@ def fit_stage1(values: np.ndarray, split: Split, config: TrainConfig, progress: 
     from sklearn.pipeline import make_pipeline  # noqa: PLC0415
     from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
     spec = config.features
-    feats = batch_features(values[:split.train_end], spec)                   # [train rows, features]
+    if spec.needs_time and reading_seconds is None:
+        raise InputError("the time features need a timestamp column, and the data has none")
+    times = None if reading_seconds is None else reading_seconds[:split.train_end]
+    feats = batch_features(values[:split.train_end], spec, times)             # [train rows, features]
     fit_rows = np.arange(spec.history - 1, split.fit_end)
     clean_rows = window_ends(split.normal, 0, split.fit_end, spec.history)
     cal_rows = split.fit_end + np.flatnonzero(split.normal[split.fit_end:split.train_end])
@@ -283,7 +313,8 @@ def fit_stage1(values: np.ndarray, split: Split, config: TrainConfig, progress: 
     tau_lof = float(np.quantile(-lof.score_samples(feats[cal_rows]), config.lof_quantile))
     return Stage1(forest, lof, {"tau1": tau1, "iforest": tau_iforest, "lof": tau_lof},
                   {"stage1_share_above_tau1": float(np.mean(s1_cal > tau1)),
-                   "iforest_share_above_tau": float(np.mean(s1_cal > tau_iforest))}, seconds)
+                   "iforest_share_above_tau": float(np.mean(s1_cal > tau_iforest))},
+                  feature_statistics(feats[cal_rows]), seconds)
 
 
 def fit_stage2(values: np.ndarray, split: Split, config: TrainConfig, progress: Progress,
@@ -321,8 +352,9 @@ def fit_stage2(values: np.ndarray, split: Split, config: TrainConfig, progress: 
     ran = len(history.history["loss"])
     bar.done("best validation loss %.4f%s" % (min(history.history["val_loss"]),
                                               ", stopped early" if ran < config.epochs else ""))
-    transform, s2_cal, tau2, spec = calibrate_stage2(x_cal, lambda v: model.predict(v, batch_size=256, verbose=0),
-                                                     transform, config)
+    recon_cal = model.predict(np.clip(x_cal, -c, c), batch_size=256, verbose=0)     # [b, W, sensors], once
+    transform = transform._replace(baseline=error_baseline(x_cal, recon_cal, transform))
+    transform, s2_cal, tau2, spec = calibrate_stage2(x_cal, lambda v: recon_cal, transform, config)
     log(progress, "stage 2: tau2=%.4f (%s)" % (tau2, (
         "%g x q%.3f of %d normal windows" % (config.tau2_margin, config.tau2_quantile, len(s2_cal))
         if spec.kind == "static" else "q%.3f of %d normal windows; adaptive on the device: %g x the q%.2f of the "
@@ -330,7 +362,32 @@ def fit_stage2(values: np.ndarray, split: Split, config: TrainConfig, progress: 
                                                                     spec.margin, spec.quantile, spec.history,
                                                                     spec.margin))))
     return Stage2(model, transform, tau2, spec, history.history, float(np.mean(s2_cal > spec.margin * tau2)),
-                  seconds)
+                  cal_ends, s2_cal, seconds)
+
+
+def operating_point(values: np.ndarray, reading_seconds: Optional[np.ndarray], stage1: Stage1, stage2: Stage2,
+                    config: TrainConfig, progress: Progress) -> Stage2:
+    """Stage 2 with tau2 (static) or its margin (adaptive) set so that ``config.target_far`` of the normal
+    calibration readings alarm in hybrid mode (stage 1 above tau1 and stage 2 above its threshold)."""
+    from edge_detector.export.calibrate import NormalScores, level_for_rate, target_share  # noqa: PLC0415
+    far = target_share(config.target_far)
+    ends = stage2.calibration_ends
+    times = None if reading_seconds is None else reading_seconds[:ends[-1] + 1]
+    s1 = -stage1.forest.score_samples(batch_features(values[:ends[-1] + 1], config.features, times)[ends])
+    scores = NormalScores(s1, stage2.calibration_scores, s1 > stage1.thresholds["tau1"])
+    tau2, spec = level_for_rate(scores, stage2.threshold, stage2.tau2, far)
+    log(progress, "stage 2: tau2=%.4f%s so that %.3g%% of the normal calibration readings alarm"
+        % (tau2, "" if spec.kind == "static" else ", adaptive margin %.4g" % spec.margin, 100 * far))
+    return stage2._replace(tau2=tau2, threshold=spec,
+                           share_above_tau2=float(np.mean(stage2.calibration_scores > spec.margin * tau2)))
+
+
+def error_baseline(x_cal: np.ndarray, recon_cal: np.ndarray, transform: WindowTransform) -> np.ndarray:
+    """Each sensor's mean squared error on the normal calibration windows, in its own units: [sensors]. Events
+    share a window's error out by each sensor's error above this (``runtime.windows.sensor_shares``)."""
+    tail = transform.tail
+    residual = np.asarray(x_cal, dtype=np.float64)[:, -tail:] - recon_cal[:, -tail:]      # [b, tail, s]
+    return sensor_units_error(residual, transform).mean(axis=0)
 
 
 def calibrate_stage2(x_cal: np.ndarray, reconstruct, transform: WindowTransform, config: TrainConfig):
@@ -378,6 +435,7 @@ def model_meta(data: Dataset, config: TrainConfig, split: Split, stage1: Stage1,
         "threshold": stage2.threshold.to_dict(),
         "persistence": {"k": config.persist_k, "n": config.persist_n},
         "iforest_offset": float(stage1.forest.offset_),
+        "stage1_explain": stage1.explain,
         "split": {"rows": n, "fit_end": split.fit_end, "train_end": split.train_end},
         "training_data": {"sha256": data.sha256, "rows": n, "train_rows": split.train_end,
                           "path": os.path.abspath(source) if source else None},
@@ -439,12 +497,14 @@ def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None, pro
         "labels present: the anomalous readings are left out of the normal fits" if data.labels is not None
         else "no labels: every training reading is taken as normal"))
     profile = sensor_profile(values[:split.train_end], data.sensors, progress)
-    stage1 = fit_stage1(values, split, config, progress)
+    stage1 = fit_stage1(values, split, config, progress, data.seconds)
     with quiet_native_log(verbose):
         tf, _, _ = import_tf()
         device = configure_device(tf)
         log(progress, "training device: %s" % device)
         stage2 = fit_stage2(values, split, config, progress, verbose)
+    if config.target_far is not None:
+        stage2 = operating_point(values, data.seconds, stage1, stage2, config, progress)
     meta = model_meta(data, config, split, stage1, stage2, device, source, time.time() - t0)
     meta["sensor_profile"] = profile
     save_model(out_dir, meta, stage1, stage2)

@@ -16,6 +16,7 @@ from .bundle import ONNX_FILE, TFLITE_FILE, Bundle, forest_arrays, load_bundle
 from .trust import Trust, record_version
 from .engines import ENGINE_CHOICES, OnnxStage1, TFLiteStage2, numpy_stage1, numpy_stage2, stage_engines
 from .errors import MAX_ABS_VALUE, BundleError, InputError, check_choice, valid_values
+from .explain import FeatureExplainer
 from .features import FeatureSpec, FeatureState, batch_features, features_of_states
 from .persistence import Persistence, PersistenceSpec, persisted
 from .threshold import Threshold, ThresholdSpec
@@ -29,7 +30,8 @@ class Score(NamedTuple):
     stage1: float
     stage2: Optional[float]
     is_anomaly: bool
-    contributions: Optional[Dict[str, float]]   # each sensor's share of the stage-2 error
+    contributions: Optional[Dict[str, float]]   # each sensor's share of the stage-2 error (IF-only alarms: of the
+                                                # stage-1 features' distance from normal, ``explain``)
     warmup: bool
 
 
@@ -39,7 +41,8 @@ class Scores(NamedTuple):
     stage2: np.ndarray           # [n], NaN where stage 2 did not run
     is_anomaly: np.ndarray       # [n] bool
     warmup: np.ndarray           # [n] bool
-    shares: np.ndarray           # [n, sensors]: each sensor's share of the stage-2 error (0 where it did not run)
+    shares: np.ndarray           # [n, sensors]: each sensor's share of the stage-2 error (0 where it did not run;
+                                 # IF-only alarms: of the stage-1 features' distance from normal)
 
     @property
     def stage2_ran(self) -> np.ndarray:
@@ -130,6 +133,7 @@ class Detector:
             self.transform = WindowTransform.from_manifest(manifest)
             self.threshold_spec = ThresholdSpec.from_manifest(self.variant or manifest)
             self.persistence_spec = PersistenceSpec.from_manifest(manifest)
+            self.explainer = FeatureExplainer.from_manifest(manifest)
         except ValueError as exc:
             raise BundleError("manifest: %s" % exc) from None
         t = manifest["thresholds"]
@@ -229,17 +233,21 @@ class Detector:
         return x
 
     def _verdict(self, state: StreamState, s1: float, s2: Optional[float], shares: Optional[np.ndarray],
-                 warm: bool) -> Score:
+                 warm: bool, features: np.ndarray) -> Score:
         # the threshold's verdict, then the persistence rule (k of the last n readings), which sees every reading
-        score = self._crossing(state, s1, s2, shares, warm)
+        score = self._crossing(state, s1, s2, shares, warm, features)
         return score._replace(is_anomaly=state.persistence.update(score.is_anomaly))
 
     def _crossing(self, state: StreamState, s1: float, s2: Optional[float], shares: Optional[np.ndarray],
-                  warm: bool) -> Score:
+                  warm: bool, features: np.ndarray) -> Score:
         if warm:
             return Score(s1, None, False, None, True)
         if self.mode == "iforest":
-            return Score(s1, None, bool(s1 > self.tau_iforest), None, False)
+            alarm = bool(s1 > self.tau_iforest)
+            if not alarm or self.explainer is None:
+                return Score(s1, None, alarm, None, False)
+            shares = self.explainer.shares(features[None])[0]
+            return Score(s1, None, True, {s: round(float(v), 6) for s, v in zip(self.sensors, shares)}, False)
         if s2 is None:
             return Score(s1, None, False, None, False)
         contributions = {s: round(float(v), 6) for s, v in zip(self.sensors, shares)}
@@ -248,14 +256,23 @@ class Detector:
     def _needs_stage2(self, s1: float) -> bool:
         return self.mode == "lstm" or (self.mode == "hybrid" and s1 > self.tau1)
 
-    def score_states(self, states: Sequence[StreamState], readings: Sequence[np.ndarray]) -> List[Score]:
-        """The next reading of each of several streams (checked readings, one per state), scored together:
-        stage 1 in one call over [k, features], stage 2 in one batch over the windows that need it.
+    def check_time(self, seconds) -> None:
+        """InputError when the bundle's features need each reading's time (the time family) and one is missing."""
+        if self.spec.needs_time and (seconds is None or any(t is None for t in np.atleast_1d(seconds))):
+            raise InputError("this bundle's features include the time of day and week: each reading needs its "
+                             "timestamp")
+
+    def score_states(self, states: Sequence[StreamState], readings: Sequence[np.ndarray],
+                     seconds: Optional[Sequence[Optional[float]]] = None) -> List[Score]:
+        """The next reading of each of several streams (checked readings, one per state; ``seconds``, their
+        times in epoch seconds, where the features need them), scored together: stage 1 in one call over
+        [k, features], stage 2 in one batch over the windows that need it.
 
         Every window and every feature row gets the bits it would get alone, so each stream's verdicts
         equal those of its own Detector.
         """
-        feats = features_of_states([st.features for st in states], readings)             # [k, features]
+        self.check_time(seconds)
+        feats = features_of_states([st.features for st in states], readings, seconds)    # [k, features]
         s1 = np.asarray(self.stage1(feats), dtype=np.float64)                            # [k]
         for st, x in zip(states, readings):
             st.remember(x)
@@ -266,15 +283,17 @@ class Detector:
             scores, share = window_scores(np.stack([states[i].buffer for i in need]), self.stage2, self.transform)
             s2 = dict(zip(need, scores.tolist()))
             shares = dict(zip(need, share))
-        return [self._verdict(st, float(s1[i]), s2.get(i), shares.get(i), warm[i]) for i, st in enumerate(states)]
+        return [self._verdict(st, float(s1[i]), s2.get(i), shares.get(i), warm[i], feats[i])
+                for i, st in enumerate(states)]
 
-    def score_one(self, reading: Sequence[float]) -> Score:
+    def score_one(self, reading: Sequence[float], seconds: Optional[float] = None) -> Score:
         """The next reading's verdict: [sensors] -> Score. Never alarms during warm-up.
 
-        Raises ``InputError`` for a reading of the wrong length or with NaN/inf, and then
-        leaves the stream's state untouched.
+        ``seconds`` is the reading's time in epoch seconds, needed only by bundles whose features include
+        the time of day and week. Raises ``InputError`` for a reading of the wrong length or with NaN/inf
+        (or without a time the features need), and then leaves the stream's state untouched.
         """
-        return self.score_states([self.stream_state], [self.check_reading(reading)])[0]
+        return self.score_states([self.stream_state], [self.check_reading(reading)], [seconds])[0]
 
     def fork(self) -> "Detector":
         """A detector for another stream: the same model, engines and thresholds, a fresh state of its own."""
@@ -282,20 +301,25 @@ class Detector:
         other.stream_state = StreamState(self)
         return other
 
-    def score(self, values: np.ndarray, batch_size: int = 256) -> Scores:
-        """Batch form of ``score_one`` over a whole series from a fresh state: [time, sensors] -> Scores.
+    def score(self, values: np.ndarray, batch_size: int = 256, seconds: Optional[np.ndarray] = None) -> Scores:
+        """Batch form of ``score_one`` over a whole series from a fresh state: [time, sensors] -> Scores
+        (``seconds`` [time]: the readings' times, where the features need them).
 
         Gives the same results as a fresh detector fed the rows one by one; it does not
         touch the streaming state.
         """
         values = self._check_series(values)
         n = values.shape[0]
-        s1 = self.stage1(batch_features(values, self.spec)) if n else np.zeros(0)     # [n]
+        self.check_time(None if seconds is None else np.asarray(seconds, dtype=np.float64))
+        feats = batch_features(values, self.spec, seconds) if n else None                  # [n, features]
+        s1 = self.stage1(feats) if n else np.zeros(0)                                       # [n]
         warm = np.arange(n) + 1 < self.warmup
         run = ~warm & self._batch_needs_stage2(s1)
         s2, shares = self._batch_stage2(values, np.flatnonzero(run), batch_size)
         if self.mode == "iforest":
             alarm = ~warm & (s1 > self.tau_iforest)
+            if self.explainer is not None and alarm.any():
+                shares[alarm] = self.explainer.shares(feats[alarm])
         else:
             alarm = self._batch_alarms(s2, run)
         alarm = persisted(alarm, self.persistence_spec)
@@ -340,5 +364,6 @@ class Detector:
     def verdict_at(self, scores: Scores, i: int) -> Score:
         """Row ``i`` of batch ``scores`` as a Score (its alarm as the batch decided it)."""
         s2 = None if np.isnan(scores.stage2[i]) else float(scores.stage2[i])
-        contributions = None if s2 is None else {s: round(float(v), 6) for s, v in zip(self.sensors, scores.shares[i])}
+        explained = s2 is not None or (self.mode == "iforest" and self.explainer is not None and scores.is_anomaly[i])
+        contributions = {s: round(float(v), 6) for s, v in zip(self.sensors, scores.shares[i])} if explained else None
         return Score(float(scores.stage1[i]), s2, bool(scores.is_anomaly[i]), contributions, bool(scores.warmup[i]))

@@ -14,7 +14,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from .errors import BundleError
-from .features import FEATURE_FAMILIES
+from .features import FEATURE_FAMILIES, FeatureSpec, feature_names
 from .lstm import DENSE_LAYERS, LSTM_LAYERS
 from .persistence import MAX_PERSISTENCE
 from .threshold import KINDS
@@ -25,6 +25,7 @@ MAX_WINDOW = 2000              # stage-2 steps W
 MAX_SMOOTH = 1000
 MAX_HISTORY = 10000            # feature windows and lags, in readings
 MAX_FEATURE_TERMS = 16         # windows or lags listed
+MAX_FEATURES = 65536           # stage-1 columns (the cross family grows with the square of the sensors)
 MAX_UNITS = 1024               # LSTM units and the bottleneck
 MAX_TREES = 1000
 MAX_DEPTH = 24
@@ -78,7 +79,7 @@ def check_sensors(m: dict) -> int:
     return len(sensors)
 
 
-def check_features(m: dict) -> None:
+def check_features(m: dict, n_sensors: int) -> None:
     spec = m.get("feature_spec")
     if not isinstance(spec, dict):
         raise _fail("feature_spec", "an object with windows, lags and families", spec)
@@ -88,6 +89,16 @@ def check_features(m: dict) -> None:
     if not isinstance(families, list) or not families or not set(families) <= set(FEATURE_FAMILIES) \
             or not all(isinstance(f, str) for f in families):
         raise _fail("feature_spec.families", "a list of %s" % ", ".join(FEATURE_FAMILIES), families)
+    count = len(feature_names(FeatureSpec.from_dict(spec), ["s%d" % i for i in range(n_sensors)]))
+    if not 1 <= count <= MAX_FEATURES:
+        raise _fail("feature_spec", "a spec of 1 to %d features for %d sensors" % (MAX_FEATURES, n_sensors),
+                    "%d features" % count)
+    explain = m.get("stage1_explain")
+    if explain is not None:
+        if not isinstance(explain, dict):
+            raise _fail("stage1_explain", "an object with mean and std", explain)
+        _floats("stage1_explain.mean", explain.get("mean"), (count,))
+        _floats("stage1_explain.std", explain.get("std"), (count,), positive=True)
 
 
 def check_stage2(m: dict, n_sensors: int) -> None:
@@ -108,6 +119,16 @@ def check_stage2(m: dict, n_sensors: int) -> None:
         _floats("stage2_input.centre", extra["centre"], (n_sensors,))
     if extra.get("whiten") is not None:
         _floats("stage2_input.whiten", extra["whiten"], (n_sensors, n_sensors))
+        try:                                       # events map errors back to sensor units through its inverse
+            ok = bool(np.all(np.isfinite(np.linalg.inv(np.asarray(extra["whiten"], dtype=np.float64)))))
+        except np.linalg.LinAlgError:
+            ok = False
+        if not ok:
+            raise _fail("stage2_input.whiten", "an invertible matrix", "a singular one")
+    if extra.get("error_baseline") is not None:
+        _floats("stage2_input.error_baseline", extra["error_baseline"], (n_sensors,))
+        if min(extra["error_baseline"]) < 0:
+            raise _fail("stage2_input.error_baseline", "a list of errors >= 0", extra["error_baseline"])
     if "energy" in extra and (_float("stage2_input.energy", extra["energy"]) < 0):
         raise _fail("stage2_input.energy", "a number >= 0 (0: the reconstruction error alone)", extra["energy"])
 
@@ -201,7 +222,7 @@ def check_manifest(m: dict) -> None:
     """Refuse a manifest whose fields are missing, of the wrong type, or out of bounds."""
     n_sensors = check_sensors(m)
     check_profile(m, n_sensors)
-    check_features(m)
+    check_features(m, n_sensors)
     check_stage2(m, n_sensors)
     check_thresholds(m)
     check_adaptive(m)

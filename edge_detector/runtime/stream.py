@@ -88,7 +88,11 @@ class StreamScorer:
         self._note({"line": line_no, "error": reason})
 
     def _score(self, reading: Reading) -> None:
-        score = self.detector.score_one(reading.values)
+        try:                    # a bundle whose features need the time refuses a reading without one, by itself
+            score = self.detector.score_one(reading.values, None if reading.time_ns is None else reading.time_ns / 1e9)
+        except InputError as exc:
+            self.reject(reading.line, str(exc))
+            return
         self._last_values = reading.values
         self.stats["scored"] += 1
         self.stats["alarms"] += int(score.is_anomaly)
