@@ -19,6 +19,7 @@ from edge_detector.runtime.threshold import Threshold, ThresholdSpec  # noqa: E4
 
 pytestmark = pytest.mark.slow
 LABELLED = {"sensors.png", "scores.png", "contributions.png", "distributions.png", "roc_pr.png", "confusion.png",
+            "operating_point.png",
             "training.png", "sensor_distributions.png", "correlation.png", "seasonal.png"}
 NEED_LABELS = {"roc_pr.png", "confusion.png"}
 
@@ -176,3 +177,20 @@ def test_the_page_renders_in_headless_chromium_without_console_errors(report, tm
     assert int(found.group(1)) == len(paths) - 1 == int(found.group(2))        # every figure drawn
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
     assert console == []
+
+
+def test_the_operating_point_curve_meets_the_bundles_own_alarm_rate(trained, synthetic):
+    # at the bundle's own threshold, the curve's rate is the share of normal test readings the hybrid alarmed on
+    from edge_detector.export.calibrate import alarm_rate_curve
+    from edge_detector.export.report.data import operating_scores
+    model_dir, bundle = trained
+    _, csv_path = synthetic
+    r = load_report_data(str(bundle), str(csv_path), str(model_dir))
+    d = r.detector
+    assert d.threshold_spec.kind == "static" and d.persistence_spec.k == 1
+    scores = operating_scores(r)
+    curve = alarm_rate_curve(scores, d.threshold_spec, d.tau2, levels=np.array([d.tau2 * 0.5, d.tau2, d.tau2 * 2]))
+    hybrid = r.modes["hybrid"].scores
+    normal = ~hybrid.warmup & (np.arange(len(hybrid.stage1)) >= r.start) & (r.labels == 0)
+    assert curve.rates[1] == pytest.approx(hybrid.is_anomaly[normal].mean())
+    assert curve.rates[0] >= curve.rates[1] >= curve.rates[2]          # a higher threshold never alarms more

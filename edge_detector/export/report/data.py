@@ -11,6 +11,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from edge_detector.export.calibrate import NormalScores
 from edge_detector.export.data import Dataset, load_csv
 from edge_detector.export.evaluate import point_metrics, test_split
 from edge_detector.export.metrics import confusion, continuous_scores
@@ -262,6 +263,20 @@ def load_report_data(bundle: str, data_path: str, model_dir: Optional[str] = Non
                           merge=max(1, detector.window // 5))
     return ReportData(data, data_path, label_source, start, split, manifest, detector, modes, trace, events, history,
                       model_meta, dominant_period(data.values))
+
+
+def operating_scores(report: ReportData) -> Optional[NormalScores]:
+    """The scores of the test rows that count as normal (labelled normal; every test row without labels), as
+    ``calibrate`` sees normal data: stage 1, stage 2 on every window (the LSTM-only run), and what stage 1
+    passes. None when no such row is past the warm-up."""
+    hybrid, lstm = report.modes["hybrid"].scores, report.modes["lstm"].scores
+    keep = ~hybrid.warmup & (np.arange(len(hybrid.stage1)) >= report.start)             # [n]
+    if report.labels is not None:
+        keep &= report.labels == 0
+    if not keep.any():
+        return None
+    s1 = hybrid.stage1[keep]
+    return NormalScores(s1, lstm.stage2[keep], s1 > report.detector.tau1)
 
 
 def confusion_counts(report: ReportData, mode: str):

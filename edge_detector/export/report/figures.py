@@ -8,7 +8,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from edge_detector.export.evaluate import MODE_LABELS
-from edge_detector.export.report.data import ReportData, confusion_counts
+from edge_detector.export.calibrate import alarm_rate_curve
+from edge_detector.export.report.data import ReportData, confusion_counts, operating_scores
 
 WIDTH = 11.0                 # inches; at DPI 100 the page shows each figure at its own size
 DPI = 100
@@ -371,6 +372,30 @@ def describe_period(r: ReportData) -> str:
     return text
 
 
+def operating_point(r: ReportData):
+    """The share of normal readings that alarm (hybrid) against the stage-2 threshold, with today's choice
+    marked: what moving the operating point costs (``edge-detector calibrate`` sets it from a target)."""
+    scores = operating_scores(r)
+    if scores is None:
+        return None
+    d = r.detector
+    curve = alarm_rate_curve(scores, d.threshold_spec, d.tau2)
+    now = d.tau2 if curve.parameter == "tau2" else d.threshold_spec.margin
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(WIDTH * 0.6, 3.6), layout="constrained")
+    ax.plot(curve.levels, np.maximum(curve.rates * 100, 1e-3), color="C0", lw=1.5)
+    ax.axvline(now, color="C3", lw=1.2, ls="--", label="this bundle: %s = %.3g" % (curve.parameter, now))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("stage-2 %s" % ("threshold tau2" if curve.parameter == "tau2" else "adaptive margin"))
+    ax.set_ylabel("alarms, % of normal readings")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("Alarm rate against the threshold, on %d %s" % (
+        len(scores.stage1), "test readings labelled normal" if r.labels is not None else
+        "test readings (no labels: all taken as normal)"), fontsize=10)
+    return fig
+
+
 # (file name, section, builder), in the page's order
 FIGURES: List[Tuple[str, str, Callable[[ReportData], Optional[object]]]] = [
     ("sensors.png", "detections", sensors_over_time),
@@ -379,6 +404,7 @@ FIGURES: List[Tuple[str, str, Callable[[ReportData], Optional[object]]]] = [
     ("distributions.png", "accuracy", score_distributions),
     ("roc_pr.png", "accuracy", roc_pr_curves),
     ("confusion.png", "accuracy", confusion_matrices),
+    ("operating_point.png", "accuracy", operating_point),
     ("training.png", "training", training_history),
     ("sensor_distributions.png", "exploration", exploration_distributions),
     ("correlation.png", "exploration", correlation_heatmap),

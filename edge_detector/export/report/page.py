@@ -29,6 +29,10 @@ CAPTIONS = {
                   "legend (AP: average precision, the PR-AUC).",
     "confusion.png": "Confusion matrices of every mode's alarms on the test rows (colour: the share of the labelled "
                      "class).",
+    "operating_point.png": "The share of normal test readings that would alarm (hybrid mode) at each stage-2 "
+                           "threshold (a static tau2, or an adaptive threshold's margin), and this bundle's choice: "
+                           "what moving the operating point costs. edge-detector calibrate sets it from a target "
+                           "false-alarm rate on new normal data, without retraining.",
     "training.png": "The LSTM autoencoder's loss per epoch (early stopping keeps the best validation epoch) and how "
                     "long each model took to fit.",
     "sensor_distributions.png": "The distribution of each sensor's readings over the whole file.",
