@@ -280,8 +280,8 @@ def score_dataset(data, name: str, workdir: str, modes: Sequence[str], engine: s
     export_bundle(model_dir, head, bundle, progress=None)
     labels = data.labels[TRAIN_ROWS:] if data.labels is not None else np.zeros(n - TRAIN_ROWS, dtype=bool)
     out = {"labels": labels, "rows": n, "train_seconds": time.time() - t0}
-    for mode in modes:
-        detector = Detector.load(bundle, engine=engine, mode=mode)
+    for mode in modes:               # "hybrid+learning": the same bundle, learning on the device (runtime.learn)
+        detector = Detector.load(bundle, engine=engine, mode=mode.split("+")[0], learning="+learning" in mode)
         if stream:          # one reading at a time, exactly as on the gateway
             scores = Scores.stack([detector.score_one(row) for row in data.values], detector.sensors)
         else:               # the batch form: same results as the stream, faster
@@ -320,7 +320,7 @@ def table(pooled: Dict[str, dict], n_files: int) -> str:
     lines = [head, "-" * len(head)]
     rows = [(name, f1, far, mar, "    -       -    leaderboard (34 files)") for name, f1, far, mar in LEADERBOARD]
     for key, m in pooled.items():
-        name = MODE_NAMES[key]
+        name = MODE_NAMES.get(key) or MODE_NAMES[key.split("+")[0]] + " + learning"
         a = "   n/a " if m["roc_auc"] is None else "%7.3f" % m["roc_auc"]
         rows.append((name, m["f1"], m["far"], m["mar"], "%s %5.1f%%  this run (%d files)"
                      % (a, 100 * m["stage2_share"], n_files)))
@@ -416,6 +416,8 @@ def main(argv=None) -> int:
                         help="files trained in parallel, one process each (default: 2 where there are 2 cores; "
                         "every file's model is seeded, so the figures do not depend on it)")
     parser.add_argument("--stream", action="store_true", help="score with score_one, reading by reading")
+    parser.add_argument("--learning", choices=("off", "on", "both"), default="off",
+                        help="stage 1 learns on the device as it streams (runtime.learn); both: each mode twice")
     parser.add_argument("--scores", default=None, metavar="NPZ",
                         help="also save every test row's label, alarm, score and stage-2 flag per mode (for analysis)")
     parser.add_argument("--workdir", default=None, help="keep the models and bundles here (default: a temp dir)")
@@ -424,6 +426,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")     # the worker processes inherit it
     modes = ["hybrid", "lstm", "iforest"] if args.mode == "all" else [args.mode]
+    modes = {"off": modes, "on": [m + "+learning" for m in modes],
+             "both": [m + s for m in modes for s in ("", "+learning")]}[args.learning]
     overrides = dict(_parse_override(s) for s in args.set)
     report = run(args.data, modes, args.engine, args.seed, overrides, args.workdir, args.stream,
                  progress=lambda m: print(m, file=sys.stderr, flush=True), jobs=args.jobs)

@@ -16,7 +16,8 @@ from .bundle import ONNX_FILE, TFLITE_FILE, Bundle, forest_arrays, load_bundle
 from .trust import Trust
 from .engines import ENGINE_CHOICES, OnnxStage1, TFLiteStage2, numpy_stage1, numpy_stage2, stage_engines
 from .errors import MAX_ABS_VALUE, BundleError, InputError, check_choice, valid_values
-from .features import FeatureSpec, FeatureState, batch_features, features_of_states
+from .features import FeatureSpec, FeatureState, batch_features, feature_names, features_of_states
+from .learn import LearnSpec, learner_for
 from .threshold import Threshold, ThresholdSpec
 from .windows import WindowTransform, window_scores, windows_at
 
@@ -64,13 +65,15 @@ class Scores(NamedTuple):
 
 class StreamState:
     """One stream's memory: its feature history, its last ``span`` readings, how many it has seen,
-    and its stage-2 threshold. A Detector has one; ``MultiDetector`` keeps one per stream key."""
+    its stage-2 threshold and, when it learns, its stage-1 learner (``learn``). A Detector has one;
+    ``MultiDetector`` keeps one per stream key."""
 
     def __init__(self, detector: "Detector"):
         self.features = FeatureState(detector.spec, len(detector.sensors))
         self.buffer = np.zeros((detector.span, len(detector.sensors)))     # [span, sensors], oldest first
         self.count = 0
         self.threshold = Threshold(detector.threshold_spec, detector.tau2)
+        self.learner = learner_for(detector.learn_spec, detector.forest_arrays, detector.n_features)
 
     def reset(self) -> None:
         """Forget the window: the next reading starts a new warm-up (the threshold keeps what it learnt)."""
@@ -113,7 +116,7 @@ class Detector:
     """
 
     def __init__(self, bundle: Bundle, engine: str = "numpy", mode: str = "hybrid", threads: Optional[int] = None,
-                 variant: Optional[str] = None):
+                 variant: Optional[str] = None, learning: Optional[bool] = None):
         check_choice("engine", engine, ENGINE_CHOICES)
         check_choice("mode", mode, MODES)
         manifest = bundle.manifest
@@ -126,6 +129,7 @@ class Detector:
         try:
             self.transform = WindowTransform.from_manifest(manifest)
             self.threshold_spec = ThresholdSpec.from_manifest(self.variant or manifest)
+            self.learn_spec = LearnSpec.from_manifest(manifest)
         except ValueError as exc:
             raise BundleError("manifest: %s" % exc) from None
         t = manifest["thresholds"]
@@ -135,7 +139,12 @@ class Detector:
         self.span = self.transform.span
         self.warmup = max(self.span, self.spec.history)
         self.stage1, self.stage2 = self._stages(bundle, engine, threads)
-        self.state = StreamState(self)
+        if learning is not None:
+            self.learn_spec = self.learn_spec._replace(enabled=bool(learning))
+        # learning: stage 1 runs the NumPy forest it learns, whatever the engine (the same bits everywhere)
+        self.forest_arrays = forest_arrays(bundle.arrays) if self.learn_spec.enabled else None
+        self.n_features = len(feature_names(self.spec, self.sensors))
+        self.stream_state = StreamState(self)
 
     def _stages(self, bundle: Bundle, engine: str, threads: Optional[int]):
         stage1_engine, stage2_engine = stage_engines(engine)
@@ -156,7 +165,8 @@ class Detector:
 
     @classmethod
     def load(cls, path: str, engine: str = "numpy", mode: str = "hybrid", threads: Optional[int] = None,
-             trust: Optional[Trust] = None, variant: Optional[str] = None) -> "Detector":
+             trust: Optional[Trust] = None, variant: Optional[str] = None,
+             learning: Optional[bool] = None) -> "Detector":
         """Load a bundle directory, verifying its manifest and checksums first (and, with ``trust``, its signature
         and version: ``trust.load_trust(keys_file)``). ``variant`` picks a quantized stage-2 model (float16,
         dynamic, int8: ``export --quantize``) for the tflite engine, with its own threshold."""
@@ -164,7 +174,7 @@ class Detector:
         check_choice("mode", mode, MODES)
         bundle = load_bundle(path, trust)
         try:
-            return cls(bundle, engine=engine, mode=mode, threads=threads, variant=variant)
+            return cls(bundle, engine=engine, mode=mode, threads=threads, variant=variant, learning=learning)
         except KeyError as exc:
             raise BundleError("bundle %r: weights or manifest lack %s" % (path, exc)) from None
 
@@ -174,16 +184,40 @@ class Detector:
 
     @property
     def threshold(self) -> Threshold:
-        return self.state.threshold
+        return self.stream_state.threshold
+
+    @property
+    def learning(self) -> bool:
+        """Whether this detector's streams learn stage 1 as they run (``learn``)."""
+        return self.learn_spec.enabled
 
     @property
     def count(self) -> int:
         """Readings this stream has seen since its start or its last reset."""
-        return self.state.count
+        return self.stream_state.count
+
+    def state(self) -> Dict[str, dict]:
+        """What this stream's detector learnt while running, by component (``{"learner": ...}`` when it learns;
+        ``{}`` when nothing is learnt): JSON values and NumPy arrays, for a checkpoint of the same bundle."""
+        out = {}
+        if self.stream_state.learner is not None:
+            out["learner"] = self.stream_state.learner.state()
+        return out
+
+    def restore(self, state: Dict[str, dict]) -> None:
+        """Hand each component its part of ``state()``'s dict; ValueError naming the part that does not fit this
+        bundle (then that part is unchanged)."""
+        unknown = sorted(set(state) - {"learner"})
+        if unknown:
+            raise ValueError("state for components this detector does not have: %s" % ", ".join(unknown))
+        if "learner" in state:
+            if self.stream_state.learner is None:
+                raise ValueError("learner state given to a detector that does not learn")
+            self.stream_state.learner.restore(state["learner"])
 
     def reset(self) -> None:
         """Forget the stream's window: the next reading starts a new warm-up (the threshold keeps what it learnt)."""
-        self.state.reset()
+        self.stream_state.reset()
 
     def check_reading(self, reading: Sequence[float]) -> np.ndarray:
         """The reading as a float64 vector [sensors]; InputError for a wrong length or an unscorable value."""
@@ -217,7 +251,10 @@ class Detector:
         equal those of its own Detector.
         """
         feats = features_of_states([st.features for st in states], readings)             # [k, features]
-        s1 = np.asarray(self.stage1(feats), dtype=np.float64)                            # [k]
+        if self.learning:                                   # each stream's own learnt forest
+            s1 = np.array([st.learner.stage1(feats[i:i + 1])[0] for i, st in enumerate(states)], dtype=np.float64)
+        else:
+            s1 = np.asarray(self.stage1(feats), dtype=np.float64)                        # [k]
         for st, x in zip(states, readings):
             st.remember(x)
         warm = [st.count < self.warmup for st in states]
@@ -227,7 +264,12 @@ class Detector:
             scores, share = window_scores(np.stack([states[i].buffer for i in need]), self.stage2, self.transform)
             s2 = dict(zip(need, scores.tolist()))
             shares = dict(zip(need, share))
-        return [self._verdict(st, float(s1[i]), s2.get(i), shares.get(i), warm[i]) for i, st in enumerate(states)]
+        verdicts = [self._verdict(st, float(s1[i]), s2.get(i), shares.get(i), warm[i]) for i, st in enumerate(states)]
+        if self.learning:
+            for i, st in enumerate(states):
+                if not warm[i]:
+                    st.learner.observe(feats[i], verdicts[i].is_anomaly, bool(s1[i] > self.tau1))
+        return verdicts
 
     def score_one(self, reading: Sequence[float]) -> Score:
         """The next reading's verdict: [sensors] -> Score. Never alarms during warm-up.
@@ -235,12 +277,12 @@ class Detector:
         Raises ``InputError`` for a reading of the wrong length or with NaN/inf, and then
         leaves the stream's state untouched.
         """
-        return self.score_states([self.state], [self.check_reading(reading)])[0]
+        return self.score_states([self.stream_state], [self.check_reading(reading)])[0]
 
     def fork(self) -> "Detector":
         """A detector for another stream: the same model, engines and thresholds, a fresh state of its own."""
         other = copy.copy(self)
-        other.state = StreamState(self)
+        other.stream_state = StreamState(self)
         return other
 
     def score(self, values: np.ndarray, batch_size: int = 256) -> Scores:
@@ -250,6 +292,9 @@ class Detector:
         touch the streaming state.
         """
         values = self._check_series(values)
+        if self.learning:                  # what it learns depends on every verdict before: the streaming code, in order
+            fresh = self.fork()
+            return Scores.stack([fresh.score_one(row) for row in values], self.sensors)
         n = values.shape[0]
         s1 = self.stage1(batch_features(values, self.spec)) if n else np.zeros(0)     # [n]
         warm = np.arange(n) + 1 < self.warmup
