@@ -149,15 +149,13 @@ def stream_file(path: str, bundle: str, mode: str = "hybrid", learning: bool = F
 
 
 LEARN: dict = {}                   # LearnSpec fields for every learner (--learn-set)
-SCREEN_SHARE = 0.08                # train's default: the share of normal readings stage 1 flags (tau1)
 
 
 def stage1_start(path: str, learning: bool = False, seed: int = 0, quantile: float = 0.995) -> dict:
     """The stage-1 start, NumPy alone and no workstation model: the runtime grows its forest from the
     probationary rows' features (``learn.grow_forest``: 100 trees of 256 rows; the trend preset's features), sets
     its threshold at the ``quantile`` of the last 15% of them (as ``train`` sets the iforest-only one), then scores
-    every row, learning as it goes when ``learning`` (``learn.Learner``: what it neither alarmed on nor flagged
-    above the 0.92 quantile, tau1 as ``train`` sets it). Same arrays as ``stream_file``."""
+    every row, learning as it goes when ``learning`` (``learn.Learner``). Same arrays as ``stream_file``."""
     from edge_detector.runtime import FeatureSpec, batch_features
     from edge_detector.runtime.learn import Learner, LearnSpec, grow_forest
     values = read_series(path)[1][:, None]                                      # [n, 1]
@@ -168,14 +166,13 @@ def stage1_start(path: str, learning: bool = False, seed: int = 0, quantile: flo
     feats = batch_features(values, spec)                                        # [n, F], as the stream makes them
     learner = Learner(LearnSpec(enabled=True, seed=seed)._replace(**LEARN), grow_forest(feats[spec.history - 1:fit_end], seed=seed),
                       feats.shape[1])
-    calibration = learner.stage1(feats[fit_end:probation])
-    tau, tau1 = float(np.quantile(calibration, quantile)), float(np.quantile(calibration, 1 - SCREEN_SHARE))
+    tau = float(np.quantile(learner.stage1(feats[fit_end:probation]), quantile))
     warm = spec.history - 1
     s1 = np.zeros(n)
     if learning:
         for i in range(warm, n):
             s1[i] = learner.stage1(feats[i:i + 1])[0]
-            learner.observe(feats[i], bool(s1[i] > tau), bool(s1[i] > tau1))
+            learner.observe(feats[i], bool(s1[i] > tau), s1[i])
     else:
         s1[warm:] = learner.stage1(feats[warm:])
     return {"alarm": s1 > tau, "ratio": s1 / tau, "quiet": WANT_WINDOW, "seconds": time.time() - t0,
@@ -187,7 +184,16 @@ def detect_file(path: str, folder: str, seed: int = 0, overrides: Optional[dict]
     """Prepare (cached) and stream (cached per mode and learning) one file: the stream's arrays plus
     "detections" (event starts), "train_rows", "window". Mode "stage1" is ``stage1_start`` (no bundle)."""
     if mode == "stage1":
-        r = stage1_start(path, learning, seed)
+        cache = os.path.join(folder, "stage1-%s-%s.npz" % ("learning" if learning else "frozen", json.dumps(
+            LEARN, sort_keys=True).replace(" ", "").replace('"', "").replace("/", "_")))
+        if os.path.isfile(cache):
+            with np.load(cache) as z:
+                r = {k: z[k] for k in z.files}
+            r.update(quiet=int(r["quiet"]), seconds=float(r["seconds"]), train_rows=int(r["train_rows"]),
+                     window=int(r["window"]), prepare_seconds=0.0)
+        else:
+            r = stage1_start(path, learning, seed)
+            np.savez(cache, **r)
         r["detections"] = event_starts(r["alarm"], r["quiet"])
         return r
     prepared = prepare_file(path, folder, seed, overrides)
@@ -247,8 +253,8 @@ def score_all(detections: Dict[str, np.ndarray], scoring: dict, labels: dict) ->
     for name, profile in ns.PROFILES.items():
         scores = {rel: scoring[name][rel].score(d) for rel, d in detections.items()}
         for rel, s in scores.items():
-            per_file.setdefault(rel, {})[name] = dict(s._asdict(), normalised=ns.normalised([s], len(labels[rel]),
-                                                                                              profile))
+            per_file.setdefault(rel, {})[name] = dict(s._asdict(), normalised=ns.normalised(
+                [s], len(labels[rel]), profile) if labels[rel] else None)          # a file without windows: raw only
         totals[name] = ns.normalised(list(scores.values()), sum(len(labels[r]) for r in detections), profile)
         for cat, members in groups.items():
             by_category.setdefault(cat, {})[name] = ns.normalised([scores[r] for r in members],

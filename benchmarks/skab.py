@@ -90,6 +90,8 @@ PRESET = "rig"
 CALIBRATION_FAR = 0.10
 # Used only when --data holds no normal-only CSV (for example a folder of other SKAB files):
 # what calibrate_margins measured on ../shared/data/skab on 2026-11-24 (benchmarks/README.md).
+REUSE = False           # --reuse: score the bundles a previous run left in --workdir (the same seed trains the same)
+LIMIT = None            # --limit N: the first N labelled files only
 DEFAULT_MARGINS = {"tau2_margin": 1.55, "t2_margin": 7.199}
 FIT_ROWS = 300          # rows 0..299 fit the models; rows 300..399 calibrate thresholds and early stopping
 
@@ -276,8 +278,9 @@ def score_dataset(data, name: str, workdir: str, modes: Sequence[str], engine: s
                    data.timestamps[:TRAIN_ROWS] if data.timestamps else None, None, None)
     model_dir, bundle = os.path.join(workdir, "model"), os.path.join(workdir, "bundle")
     t0 = time.time()
-    train(head, model_dir, skab_config(seed, overrides), progress=None)
-    export_bundle(model_dir, head, bundle, progress=None)
+    if not (REUSE and os.path.isfile(os.path.join(bundle, "manifest.json"))):     # --reuse: a bundle already there
+        train(head, model_dir, skab_config(seed, overrides), progress=None)
+        export_bundle(model_dir, head, bundle, progress=None)
     labels = data.labels[TRAIN_ROWS:] if data.labels is not None else np.zeros(n - TRAIN_ROWS, dtype=bool)
     out = {"labels": labels, "rows": n, "train_seconds": time.time() - t0}
     for mode in modes:               # "hybrid+learning": the same bundle, learning on the device (runtime.learn)
@@ -341,7 +344,7 @@ def per_file_table(per_file: Dict[str, dict], keys: Sequence[str]) -> str:
 def run(data_dir: str, modes: Sequence[str], engine: str = "numpy", seed: int = 0, overrides: Optional[dict] = None,
         workdir: Optional[str] = None, stream: bool = False, progress=print, jobs: int = 1,
         margins: Optional[dict] = None) -> dict:
-    files = find_labelled(data_dir)
+    files = find_labelled(data_dir)[:LIMIT]
     if not files:
         raise SystemExit("no labelled CSV (with an 'anomaly' column) under %s" % data_dir)
     own = workdir is None
@@ -423,7 +426,11 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default=None, help="keep the models and bundles here (default: a temp dir)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="override a TrainConfig field for every file (e.g. --set window=30)")
+    parser.add_argument("--reuse", action="store_true", help="score the bundles already in --workdir (with --jobs 1)")
+    parser.add_argument("--limit", type=int, default=None, help="the first N labelled files only (said in the JSON)")
     args = parser.parse_args(argv)
+    global REUSE, LIMIT
+    REUSE, LIMIT = args.reuse, args.limit
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")     # the worker processes inherit it
     modes = ["hybrid", "lstm", "iforest"] if args.mode == "all" else [args.mode]
     modes = {"off": modes, "on": [m + "+learning" for m in modes],

@@ -268,7 +268,7 @@ class Detector:
         if self.learning:
             for i, st in enumerate(states):
                 if not warm[i]:
-                    st.learner.observe(feats[i], verdicts[i].is_anomaly, bool(s1[i] > self.tau1))
+                    st.learner.observe(feats[i], verdicts[i].is_anomaly, float(s1[i]))
         return verdicts
 
     def score_one(self, reading: Sequence[float]) -> Score:
