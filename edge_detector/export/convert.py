@@ -33,6 +33,7 @@ from edge_detector.runtime import (MANIFEST, ONNX_FILE, SCHEMA_VERSION, TFLITE_F
 from edge_detector.runtime.bundle import forest_arrays, manifest_digest, sha256_file
 from edge_detector.runtime.engines import (OnnxStage1, TFLiteStage2, numpy_stage1, numpy_stage2,
                                           tflite_interpreter_class)
+from edge_detector.runtime.forest_fit import average_path_length, round_down_float32
 from edge_detector.runtime.learn import LearnSpec
 from edge_detector.runtime.lstm import DENSE_LAYERS, LSTM_LAYERS
 from edge_detector.runtime.signature import BUNDLE_NAMESPACE, parse_signature, verify
@@ -50,24 +51,6 @@ class ParityError(RuntimeError):
     """An engine does not reproduce the original model closely enough to ship."""
 
 
-def average_path_length(n: np.ndarray) -> np.ndarray:
-    """c(n): the mean path length of an unsuccessful BST search, as in scikit-learn's IsolationForest."""
-    n = np.asarray(n, dtype=np.float64)
-    out = np.zeros_like(n)
-    out[n == 2] = 1.0
-    big = n > 2
-    out[big] = 2.0 * (np.log(n[big] - 1.0) + np.euler_gamma) - 2.0 * (n[big] - 1.0) / n[big]
-    return out
-
-
-def _round_down_float32(t: np.ndarray) -> np.ndarray:
-    # For float32 x: x <= t (float64) exactly when x <= the largest float32 not above t.
-    t32 = t.astype(np.float32)
-    above = t32.astype(np.float64) > t
-    t32[above] = np.nextafter(t32[above], np.float32(-np.inf))
-    return t32
-
-
 def pack_forest(forest) -> Dict[str, np.ndarray]:
     """A fitted sklearn IsolationForest -> perfect-binary-tree arrays for ``runtime.iforest_score``."""
     trees = [est.tree_ for est in forest.estimators_]
@@ -81,7 +64,7 @@ def pack_forest(forest) -> Dict[str, np.ndarray]:
     for k, (tree, used) in enumerate(zip(trees, forest.estimators_features_)):
         subsampled = len(used) != n_features
         left, right = tree.children_left, tree.children_right
-        thr32 = _round_down_float32(tree.threshold)
+        thr32 = round_down_float32(tree.threshold)
         leaf_c = average_path_length(tree.n_node_samples)
         stack = [(0, 0, 0)]                            # (sklearn node, heap position, depth)
         while stack:
