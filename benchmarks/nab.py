@@ -1,6 +1,14 @@
 """NAB, the streaming benchmark: each series streamed through the edge runtime, scored by our NAB scorer.
 
     python benchmarks/nab.py --data ../shared/data/nab --json nab.json [--validate NAB_REPO]
+        [--threshold label-free|optimize|both] [--mode hybrid|iforest|lstm|stage1 ...] [--learning off|on|both]
+        [--workdir DIR] [--shard I/N] [--files REGEX]
+
+A file that fails (to train, export or stream) is reported by name and scored as no detection; a short
+probation trains a shorter window (``fitting_window``). ``--threshold optimize`` is NAB's protocol: one
+threshold per profile, chosen with the labels of the files in --data (``optimise``); label-free is the
+detector's own decision. ``--mode stage1`` is the NumPy-only stage-1 start (``stage1_start``), no bundle.
+Per-category tables put the published detectors beside ours, normalised per category.
 
 ``--data`` has NAB's layout: ``<category>/<file>.csv`` (timestamp,value) and
 ``labels/combined_windows.json``. For every file, with one parameter set for all of them
