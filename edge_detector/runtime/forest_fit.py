@@ -36,7 +36,7 @@ def round_down_float32(t: np.ndarray) -> np.ndarray:
     return t32
 
 
-def grow_tree(sample: np.ndarray, depth: int, rng: np.random.Generator):
+def grow_tree(sample: np.ndarray, depth: int, rng: "np.random.Generator"):
     """One isolation tree of ``sample`` [m, features], at most ``depth`` levels, packed as a perfect binary tree:
     (feature [2^D - 1] int, threshold [2^D - 1] float32 (+inf under a leaf), leaf_value [2^D] float64).
 
