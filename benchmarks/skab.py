@@ -49,6 +49,13 @@ JSON written by ``--json``::
                             "t2_calibrated": {...}, "rows": n, "test_rows": n, "anomalies": n, "train_seconds": s}}}
 
 The top-level f1/far/mar are those of ``--mode`` (hybrid by default; with ``--mode all``, hybrid).
+
+``--task changepoint`` also scores every mode's alarm as SKAB's changepoint leaderboard does
+(benchmarks/skab_changepoint.py: 60 s windows after each true changepoint, the alarm's onsets and
+ends as predicted changepoints); the JSON then holds that score for ``--mode`` at the top level,
+``{"score": {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}, "files", "changepoints", "missed",
+"false_positives", "per_file"}``, the outlier figures (f1, far, mar, per_file) under "outlier" and
+every mode's changepoint score under "changepoint_modes".
 """
 import argparse
 import json
@@ -280,7 +287,7 @@ def score_dataset(data, name: str, workdir: str, modes: Sequence[str], engine: s
     t0 = time.time()
     if not (REUSE and os.path.isfile(os.path.join(bundle, "manifest.json"))):     # --reuse: a bundle already there
         train(head, model_dir, skab_config(seed, overrides), progress=None)
-        export_bundle(model_dir, head, bundle, progress=None)
+        export_bundle(model_dir, head, bundle, progress=None, fast_conversion=True)   # as a fleet: one conversion per worker
     labels = data.labels[TRAIN_ROWS:] if data.labels is not None else np.zeros(n - TRAIN_ROWS, dtype=bool)
     out = {"labels": labels, "rows": n, "train_seconds": time.time() - t0}
     for mode in modes:               # "hybrid+learning": the same bundle, learning on the device (runtime.learn)
@@ -412,6 +419,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="folder of SKAB CSVs (searched recursively)")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--task", default="outlier", choices=["outlier", "changepoint"],
+                        help="outlier: SKAB's point-wise F1/FAR/MAR (default); changepoint: also SKAB's NAB-style "
+                        "changepoint score of each mode's alarm (benchmarks/skab_changepoint.py)")
     parser.add_argument("--mode", default="hybrid", choices=["hybrid", "lstm", "iforest", "all"])
     parser.add_argument("--engine", default="numpy", choices=["numpy", "tflite", "onnx"])
     parser.add_argument("--seed", type=int, default=0)
@@ -449,6 +459,17 @@ def main(argv=None) -> int:
           % (report["mode"], report["f1"], report["far"], report["mar"], "met" if goal else "not met",
              report["seconds"]))
     scores = report.pop("_scores")
+    if args.task == "changepoint":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from skab_changepoint import changepoint_task
+        cp = {k: changepoint_task(args.data, report["per_file"], scores["%s_alarm" % k]) for k in keys}
+        outlier = {k: report.pop(k) for k in ("f1", "far", "mar", "per_file")}
+        report.update(cp[report["mode"]], outlier=outlier,
+                      changepoint_modes={k: {f: v[f] for f in ("score", "missed", "false_positives")}
+                                         for k, v in cp.items()})
+        for k, v in cp.items():
+            print("changepoints %-14s standard %6.2f  low FP %6.2f  low FN %6.2f  missed %3d of %3d  FPs %4d"
+                  % ((k,) + tuple(v["score"].values()) + (v["missed"], v["changepoints"], v["false_positives"])))
     if args.scores:
         np.savez_compressed(args.scores, **scores)
     if args.json:

@@ -3,21 +3,32 @@
 Each command parses options, calls one library function, and turns library errors into
 ``click.ClickException`` (a clear message, exit code 1, no traceback).
 """
-import contextlib
-import json
-import os
+import signal
 import sys
-import time
 
-import click
+# First thing, before the imports below (half a second; seconds on a gateway): a SIGHUP (systemctl reload right after
+# a start) must not end the process. Until the stream installs its handlers nothing is loaded, so there is nothing to
+# reload: the bundle is read after this anyway.
+if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+
+import click  # noqa: E402
 
 from edge_detector import __version__
+from edge_detector.export.data import PROFILES as DATA_PROFILES
 from edge_detector.export.train import PRESETS   # numpy and the runtime only; TensorFlow loads inside train()
 from edge_detector.runtime import (
     DEFAULT_GAP_FACTOR, DEFAULT_MAX_JUMP_S, ENGINE_CHOICES, MISSING_POLICIES, MODES, OUTPUT_FORMATS, BundleError,
     InputError, StreamPolicy,
 )
+from edge_detector.runtime.checkpoint import checkpoint_folder
 from edge_detector.runtime.schema import VARIANTS
+from edge_detector.runtime.sensor_health import DEFAULT_MAX_FILL
 from edge_detector.runtime.threshold import KINDS as THRESHOLD_KINDS
 from edge_detector.runtime.trust import load_trust
 
@@ -53,6 +64,23 @@ def _names(text):
     return [s.strip() for s in text.split(",")] if text else None
 
 
+def _integers(text, hint):
+    try:
+        return [int(v) for v in _names(text)] if text else None
+    except ValueError:
+        raise click.BadParameter("%r: give whole numbers separated by commas" % text, param_hint=hint) from None
+
+
+def _share(text, hint):
+    """'0.5%' or '0.005' -> 0.005 (None stays None)."""
+    if text is None:
+        return None
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise click.BadParameter("%r: give a share such as 0.005 or 0.5%%" % text, param_hint=hint) from None
+
+
 def _quantizations(text):
     names = _names(text) or ["none"]
     allowed = ("none",) + VARIANTS
@@ -69,7 +97,18 @@ trust_options = [
                  "them, never an older version than the last one accepted."),
     click.option("--state-dir", type=click.Path(file_okay=False), default=None,
                  help="Where the versions accepted are recorded (default: $STATE_DIRECTORY, else "
-                 "~/.local/state/edge-detector)."),
+                 "~/.local/state/edge-detector); given, or with $STATE_DIRECTORY set (systemd), also where the learnt "
+                 "state (an adaptive threshold's) is checkpointed and restored from at the next start of the same "
+                 "bundle."),
+    click.option("--no-checkpoint", is_flag=True, help="Neither restore nor write the checkpoint of the learnt state."),
+]
+health_options = [
+    click.option("--max-fill", type=click.IntRange(min=0), default=DEFAULT_MAX_FILL, show_default=True,
+                 help="Readings in a row one sensor may be filled (--missing hold-last, interpolate); after that it is "
+                 "reported dead and readings without it are rejected until it reports again (0: no limit)."),
+    click.option("--stuck-after", type=click.IntRange(min=0), default=None,
+                 help="Readings of one unchanged value before a sensor that moved in training is reported stuck "
+                 "[default: 3 warm-ups, at least 30, and over twice the longest run training saw; 0: never]."),
 ]
 watch_option = click.option("--watch", is_flag=True,
                             help="Also reload the bundle when its folder or manifest.json changes (a new folder "
@@ -110,7 +149,8 @@ def with_options(options):
 def cli():
     """Two-stage IoT sensor anomaly detection: train on a workstation, run on a gateway.
 
-    Workstation: generate -> train -> export -> package, and fleet (one model per machine).
+    Workstation: generate -> train -> export -> package, calibrate (new thresholds, no retraining),
+    and fleet (one model per machine).
     Gateway: detect, mqtt (or the packaged runtime alone: python3 -m runtime). Both: evaluate,
     bench, demo.
     """
@@ -119,17 +159,23 @@ def cli():
 @cli.command(short_help="Write synthetic sensor data with labelled anomalies.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
 @click.option("--seed", default=42, show_default=True, help="Random seed; the same seed writes the same file.")
-@click.option("--n", "n", default=10_000, show_default=True, type=click.IntRange(min=1000),
-              help="Number of one-minute readings.")
-def generate(out, seed, n):
-    """Write synthetic sensor data: 4 sensors with labelled spikes, drops, contextual and collective anomalies.
+@click.option("--n", "n", default=None, type=click.IntRange(min=1000),
+              help="Number of one-minute readings [10,000; notebook: 5,000].")
+@click.option("--profile", type=click.Choice(list(DATA_PROFILES)), default="sensors", show_default=True,
+              help="sensors: 4 sensors with spikes, drops, contextual and collective anomalies; notebook: the seed "
+              "notebook's experiment, 3 sensors with 50 readings shifted by the same +-5 on all three.")
+def generate(out, seed, n, profile):
+    """Write synthetic sensor data: 4 sensors with labelled spikes, drops, contextual and collective anomalies
+    (or, with --profile notebook, the seed notebook's 3 sensors and 50 shifts of +-5).
 
-    Example:
+    Examples:
 
+    \b
         edge-detector generate --out data.csv --seed 42
+        edge-detector generate --profile notebook --out notebook.csv
     """
     from edge_detector.export.data import generate_csv  # noqa: PLC0415
-    data = generate_csv(out, n=n, seed=seed)
+    data = generate_csv(out, n=n, seed=seed, profile=profile)
     click.echo("wrote %s: %d readings, %d sensors, %.2f%% anomalous"
                % (out, len(data.values), len(data.sensors), 100 * data.labels.mean()))
 
@@ -165,14 +211,24 @@ def with_data_options(fn):
 @click.option("--threshold", type=click.Choice(THRESHOLD_KINDS), default=None,
               help="Stage-2 threshold: static (tau2 fixed at training) or adaptive (follows the stream's own "
               "recent normal scores on the device, frozen while an alarm lasts) [static or adaptive].")
-@click.option("--tau2-margin", default=None, type=click.FloatRange(min=1.0),
-              help="Stage-2 threshold margin over the calibration quantile: room for drift after training "
-              "[1.0 or 1.55].")
+@click.option("--tau2-margin", default=None, type=click.FloatRange(min=0.0, min_open=True),
+              help="Stage-2 threshold margin over the calibration quantile: above 1 leaves room for drift after "
+              "training, below 1 makes stage 2 more sensitive than its quantile [1.0 or 1.55].")
+@click.option("--target-far", default=None, metavar="SHARE",
+              help="Set tau2 (or the adaptive margin) so that this share of the normal calibration readings alarms "
+              "in hybrid mode, e.g. 0.5% or 0.005, instead of the quantile and margin.")
+@click.option("--features", "families", default=None, metavar="FAMILIES",
+              help="Comma-separated stage-1 feature families: level, mean, std, minmax (or max, min), lag, diff "
+              "(rate of change), cross (products of sensors' deviations), time (time of day and week: needs a "
+              "timestamp column), abs [preset's: level,mean,diff or abs].")
+@click.option("--feature-windows", default=None, metavar="N,N,...",
+              help="Rolling windows of the features, in readings; the last is the level [5,15,50 or 5,15].")
+@click.option("--lags", default=None, metavar="N,N,...", help="Lags of the diff and lag families, in readings [1].")
 @click.option("--train-fraction", default=0.8, show_default=True,
               help="Leading share of rows used for training (its last 15% calibrates); the rest is the test split.")
 @verbose_option
 def train(data, out, sensors, label_col, timestamp_col, preset, seed, window, epochs, screen_share, threshold,
-          tau2_margin, train_fraction, verbose):
+          tau2_margin, target_far, families, feature_windows, lags, train_fraction, verbose):
     """Train IsolationForest, LSTM autoencoder and LOF, and calibrate thresholds on normal data.
 
     Uses a GPU when TensorFlow sees one. Saves Keras (native format), scikit-learn (joblib),
@@ -183,12 +239,16 @@ def train(data, out, sensors, label_col, timestamp_col, preset, seed, window, ep
     \b
         edge-detector train data.csv --out model/
         edge-detector train pump.csv --out model/ --preset rig --train-fraction 0.35
+        edge-detector train data.csv --out model/ --features level,mean,std,minmax,diff --feature-windows 5,15,50
     """
     _require_train_extra()
     from edge_detector.export.train import preset_config, train_csv  # noqa: PLC0415
-    config = preset_config(preset, seed=seed, window=window, epochs=epochs, screen_share=screen_share,
-                           threshold=threshold, tau2_margin=tau2_margin, train_fraction=train_fraction)
     with reported(InputError):
+        config = preset_config(preset, families=_names(families), feature_windows=_integers(feature_windows,
+                                                                                             "--feature-windows"),
+                               lags=_integers(lags, "--lags"), seed=seed, window=window, epochs=epochs,
+                               screen_share=screen_share, threshold=threshold, tau2_margin=tau2_margin,
+                               target_far=_share(target_far, "--target-far"), train_fraction=train_fraction)
         train_csv(data, out, config, _names(sensors), label_col, timestamp_col, progress=_echo_err, verbose=verbose)
     click.echo("model written to %s" % out)
 
@@ -230,6 +290,47 @@ def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col, sign_key
     click.echo("bundle written to %s" % out)
 
 
+@cli.command(short_help="Re-set a bundle's thresholds from new normal data, without retraining.")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("normal", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Bundle folder to write (a copy of BUNDLE with the new thresholds).")
+@click.option("--target-far", default=None, metavar="SHARE",
+              help="Share of normal readings that may alarm in hybrid mode: 0.5% or 0.005.")
+@click.option("--alarms-per-day", default=None, type=click.FloatRange(min=0.0, min_open=True),
+              help="Instead of --target-far: false alarms a day, from the readings' median interval.")
+@click.option("--sensors", default=None, help="Comma-separated sensor columns (default: the bundle's sensors).")
+@click.option("--timestamp-col", default=None, help="Timestamp column (default: timestamp, datetime, time...).")
+@sign_option
+@click.option("--bundle-version", type=click.IntRange(min=0), default=None,
+              help="The new bundle's version [default: the old one + 1, or the time in epoch seconds if later].")
+def calibrate(bundle, normal, out, target_far, alarms_per_day, sensors, timestamp_col, sign_key, bundle_version):
+    """Re-set a bundle's thresholds so that a chosen share of normal readings alarms: no model folder, no
+    retraining, no TensorFlow.
+
+    NORMAL is a CSV of normal operation (its labels, if any, are not read). The stage-2 threshold (static:
+    tau2; adaptive: its margin and starting history) and the IF-only threshold are set so that the target
+    share of NORMAL's readings alarms; tau1, and every engine file, stay as they were. The new bundle has a
+    higher version and, with --sign-key, a new signature, and the engines installed here are checked to
+    agree on NORMAL before it is written beside --out and renamed into place.
+
+    Examples:
+
+    \b
+        edge-detector calibrate bundle/ normal.csv --target-far 0.5% --out bundle-new/ --sign-key ~/.ssh/edge_owner
+        edge-detector calibrate bundle/ normal.csv --alarms-per-day 2 --out bundle-new/
+    """
+    from edge_detector.export.calibrate import calibrate_csv  # noqa: PLC0415
+    from edge_detector.export.convert import ParityError  # noqa: PLC0415 (no TensorFlow)
+    with reported(BundleError, InputError, ParityError):
+        manifest = calibrate_csv(bundle, normal, out, _names(sensors), timestamp_col,
+                                 target_far=_share(target_far, "--target-far"), alarms_per_day=alarms_per_day,
+                                 sign_key=sign_key, version=bundle_version, progress=_echo_err)
+    c = manifest["calibration"]
+    click.echo("bundle written to %s: version %d, %.4g%% of the normal readings alarm (target %.4g%%)"
+               % (out, manifest["bundle_version"], 100 * c["measured_far"], 100 * c["target_far"]))
+
+
 @cli.command(short_help="Score CSV or JSON Lines readings with a bundle: one event per reading.")
 @click.argument("bundle", type=click.Path())
 @click.argument("input", default="-", type=click.Path(allow_dash=True))
@@ -241,6 +342,7 @@ def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col, sign_key
 @click.option("--missing", type=click.Choice(MISSING_POLICIES), default="reject", show_default=True,
               help="Empty sensor fields: reject the line, hold the sensor's last value, or interpolate "
                    "linearly to its next value (which delays those readings until it arrives).")
+@with_options(health_options)
 @with_options(time_options)
 @click.option("--stream-col", default=None, metavar="COLUMN",
               help="Column (or JSON key) naming each reading's machine, when one input carries several machines "
@@ -251,14 +353,14 @@ def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col, sign_key
                    "(for Telegraf's inputs.execd).")
 @with_options(trust_options)
 @watch_option
-def detect(bundle, input, engine, variant, mode, out, alarms_only, missing, gap_factor, max_jump, stream_col, stats,
-           output_format, trusted_keys, state_dir, watch):
+def detect(bundle, input, engine, variant, mode, out, alarms_only, missing, max_fill, stuck_after, gap_factor, max_jump,
+           stream_col, stats, output_format, trusted_keys, state_dir, no_checkpoint, watch):
     """Score CSV or JSON Lines readings; write one JSON event per reading (JSON Lines).
 
     Reads the CSV layout `train` reads (timestamp and label columns are recognised and not
     scored), or JSON Lines objects keyed by sensor name. Each event holds line, timestamp,
     stage1, stage2 (null where stage 2 did not run), is_anomaly, warmup, and for stage-2
-    readings top_sensors and contributions. Events are flushed line by line.
+    readings (and IF-only alarms) top_sensors and contributions. Events are flushed line by line.
 
     Error stream: every input line is scored or rejected, and no line stops the stream. A
     rejected line (wrong field count, not a number, NaN or inf, bytes that are not UTF-8, a
@@ -266,9 +368,22 @@ def detect(bundle, input, engine, variant, mode, out, alarms_only, missing, gap_
     repeating, going back or jumping too far, a missing value under --missing reject) goes to
     stderr as {"line": N, "error": "..."} and the stream goes on; a state reset after a long
     gap or a clock change is reported as {"line": N, "notice": "..."}. --stats prints
-    {"stats": {"read", "scored", "rejected", "alarms", "filled", "resets"}} at the end; read =
-    scored + rejected. SIGTERM or SIGINT finishes the current line, flushes, prints the stats
-    and exits 0; so does a reader that goes away (| head).
+    {"stats": {"read", "scored", "rejected", "alarms", "filled", "resets", "warmup", "reloads",
+    "reloads_unchanged", "reloads_refused", "dead", "stuck", "departed"}} at the end; read =
+    scored + rejected, warmup counts the readings scored in a warm-up. SIGTERM or SIGINT finishes
+    the current line, flushes, prints the stats and exits 0; so does a reader that goes away
+    (| head). The handlers are in place before the bundle loads: a SIGHUP then is acted on once
+    the stream runs.
+
+    Sensor health: a sensor filled --max-fill times in a row is reported dead ({"line": N,
+    "notice": "...", "sensor": name, "health": "dead"}) and readings without it are rejected until
+    it reports again ("alive"); one unchanged for --stuck-after readings is "stuck" (then
+    "moving"); one constant in training that reads another value is "departed" (then "returned"):
+    the model cannot see such a sensor move.
+
+    A CSV header line met again (a rotated file) re-maps the columns from there on, with a
+    notice; a header without the bundle's sensors is rejected by name, and so are the rows after
+    it until a header names them.
 
     --format influx writes the same events as InfluxDB line protocol: measurement
     edge_detector; fields line, stage1, stage2 (absent where stage 2 did not run),
@@ -284,7 +399,11 @@ def detect(bundle, input, engine, variant, mode, out, alarms_only, missing, gap_
     manifest.json, checked about once a second) loads the bundle again, verified as at the start
     (same engine, mode, variant, trusted keys and version ledger), and swaps it in between two
     readings: nothing is lost or scored twice, and the new model's warm-up is said on stderr. A
-    bundle that does not verify is refused with a notice, and the old one keeps scoring.
+    bundle that does not verify is refused with a notice, and the old one keeps scoring. An
+    unchanged bundle (the same manifest.json bytes) is not reloaded: a notice, no new warm-up.
+    With --state-dir (or $STATE_DIRECTORY) the learnt state is checkpointed there (every 1000
+    readings or 60 s, and at the end) and restored at the next start of the same bundle; a
+    corrupt or foreign checkpoint is refused by name and the bundle's own start is used.
 
     Examples:
 
@@ -293,11 +412,13 @@ def detect(bundle, input, engine, variant, mode, out, alarms_only, missing, gap_
         edge-detector detect bundle/ pumps.csv --stream-col asset --alarms-only
     """
     from edge_detector.runtime import detect as score_stream  # noqa: PLC0415
-    policy = StreamPolicy(missing=missing, gap_factor=gap_factor, max_jump=max_jump)
+    policy = StreamPolicy(missing=missing, gap_factor=gap_factor, max_jump=max_jump, max_fill=max_fill,
+                          stuck_after=stuck_after)
     with reported(BundleError, InputError, OSError):
         counts = score_stream(bundle, input, out, sys.stderr, engine=engine, mode=mode, alarms_only=alarms_only,
                               policy=policy, output_format=output_format, trust=load_trust(trusted_keys, state_dir),
-                              variant=variant, stream_col=stream_col, watch=watch)
+                              variant=variant, stream_col=stream_col, watch=watch,
+                              checkpoint_dir=None if no_checkpoint else checkpoint_folder(state_dir))
     if stats:
         _echo_err(json.dumps({"stats": counts}))
 
@@ -326,11 +447,59 @@ def evaluate(bundle, data, sensors, label_col, timestamp_col, model_dir, test_fr
     with reported(BundleError, InputError):
         result = evaluate_csv(bundle, data, test_fraction, engine, model_dir, _names(sensors), label_col,
                               timestamp_col)
+    for notice in result["notices"]:
+        _echo_err(notice)
     _echo_err(result["split"])
     click.echo(comparison_table(result["modes"]))
     if json_out:
         from edge_detector.export.files import write_json  # noqa: PLC0415
         write_json(json_out, result)
+
+
+@cli.command(short_help="One HTML page of what a bundle detects on a data file: figures, events, training.")
+@click.argument("bundle", type=click.Path())
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write index.html and the figures (PNG) into.")
+@click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
+              help="Model folder: adds LOF and the training history (default: the bundle's sibling 'model/' if "
+              "present).")
+@click.option("--labels", "labels_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="NAB-style label windows (JSON: file -> [[start, end], ...]) instead of the data's label column.")
+@with_data_options
+@click.option("--test-fraction", default=None, type=click.FloatRange(0, 1, max_open=True),
+              help="Count only the last fraction of rows in the metrics and curves (as in evaluate).")
+@engine_option
+def report(bundle, data, out, model_dir, labels_path, sensors, label_col, timestamp_col, test_fraction, engine):
+    """Write one self-contained page, OUT/index.html, with each figure as a PNG beside it.
+
+    The page shows each sensor over time with the alarms and the labelled anomalies, the
+    stage-1 and stage-2 scores with their thresholds (an adaptive one at each reading), the
+    per-sensor contributions, an event table, score distributions, ROC and PR curves of every
+    mode with their AUCs, the confusion matrices, the training history (with --model), and an
+    exploration of the data (distributions, correlations, a seasonal view where the data has a
+    period). Without labels it shows what does not need them. It needs no network to open.
+
+    Examples:
+
+    \b
+        edge-detector report bundle/ data.csv --out report/ --model model/
+        edge-detector report nab-bundle/ machine_temperature_system_failure.csv --out nab-report/ \\
+            --labels labels/combined_windows.json
+    """
+    from edge_detector.export.report import write_report  # noqa: PLC0415 (the report extra)
+    if model_dir is None:
+        model_dir = _sibling_model(bundle)
+    with reported(BundleError, InputError):
+        paths = write_report(bundle, data, out, model_dir, labels_path, test_fraction, engine, _names(sensors),
+                             label_col, timestamp_col, progress=_echo_err)
+    click.echo("wrote %s and %d figures" % (paths[0], len(paths) - 1))
+
+
+def _sibling_model(bundle: str):
+    """The model folder beside a bundle (bundle/ -> model/), where there is one."""
+    sibling = os.path.join(os.path.dirname(os.path.abspath(bundle)), "model")
+    return sibling if os.path.isfile(os.path.join(sibling, "model.json")) else None
 
 
 @cli.command(short_help="Latency, memory and accuracy of every engine against the originals.")
@@ -378,8 +547,7 @@ def bench(bundle, data, engines, model_dir, threads, runs, warmup, max_seconds, 
     """
     from edge_detector.export.bench import format_table, run_bench, write_markdown, write_plots  # noqa: PLC0415
     if model_dir is None:
-        sibling = os.path.join(os.path.dirname(os.path.abspath(bundle)), "model")
-        model_dir = sibling if os.path.isfile(os.path.join(sibling, "model.json")) else None
+        model_dir = _sibling_model(bundle)
     with reported(BundleError, InputError):
         report = run_bench(bundle, data, engines=_names(engines), threads=threads, runs=runs, model_dir=model_dir,
                            progress=_echo_err, warmup=warmup, max_seconds=max_seconds, test_fraction=test_fraction,
@@ -441,6 +609,7 @@ def package(bundle, out, sign_key):
 @mode_option
 @click.option("--missing", type=click.Choice(MISSING_POLICIES), default="reject", show_default=True,
               help="Missing sensor values (absent or null keys): as for detect.")
+@with_options(health_options)
 @with_options(time_options)
 @click.option("--client-id", default=None, help="MQTT client id (default: edge-detector-<pid>).")
 @click.option("--username", default=None,
@@ -455,23 +624,30 @@ def package(bundle, out, sign_key):
 @click.option("--persistent-session/--clean-session", default=False, show_default=True,
               help="Keep the broker session across restarts (needs --client-id): readings sent while the bridge "
                    "is down wait at the broker, and each is acknowledged only once scored.")
+@click.option("--max-inbox-mb", type=click.FloatRange(1, 1024), default=32, show_default=True,
+              help="Memory for received messages waiting to be scored; when full, the rest of a burst waits at "
+                   "the broker (back-pressure). Keep it well under the unit's MemoryMax.")
 @with_options(trust_options)
 @watch_option
 def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format, engine, variant, mode, missing,
-         gap_factor,
-         max_jump, client_id, username, password_file, tls_ca, tls_cert, tls_key, persistent_session, trusted_keys,
-         state_dir, watch):
+         max_fill, stuck_after, gap_factor,
+         max_jump, client_id, username, password_file, tls_ca, tls_cert, tls_key, persistent_session, max_inbox_mb,
+         trusted_keys, state_dir, no_checkpoint, watch):
     """Subscribe to a topic of JSON readings and publish alarm events to another topic.
 
     Needs the mqtt extra (paho-mqtt). Each message is one JSON reading keyed by sensor name,
     as in detect's JSON Lines input; an event's line is the message's sequence number.
     Rejected messages and notices go to stderr as JSON lines. SIGTERM or SIGINT finish the
     current message, wait for outstanding publishes, print the counts to stderr and exit 0.
-    No received reading is dropped: a stop scores every message already received, or, with
-    --persistent-session, leaves the unscored ones to the broker for the next start. A broker
-    that is down at start is retried, with a line on stderr per attempt. SIGHUP (systemctl
+    No reading is dropped or scored twice: each message is acknowledged once scored; a stop
+    scores every message already received, or, with --persistent-session, leaves the unscored
+    ones to the broker for the next start; a full inbox (--max-inbox-mb) makes the rest of a
+    burst wait at the broker; a reading the broker sends again is counted in "duplicates". A
+    broker that is down is retried, with a line on stderr per attempt; a broker certificate that
+    does not verify against --tls-ca ends the bridge with exit 1 and a sentence. SIGHUP (systemctl
     reload), or with --watch a change of the bundle, swaps in a new bundle between two messages,
-    as for detect.
+    as for detect (an unchanged one costs nothing); the signal handlers are in place before the
+    bundle loads. Sensor health and the checkpoint of the learnt state: as for detect.
 
     Example:
 
@@ -483,21 +659,35 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
         raise click.UsageError("--persistent-session needs --client-id: the broker keeps the session under it")
     if tls_key and not tls_cert:
         raise click.UsageError("--tls-key needs --tls-cert")
-    from edge_detector.mqtt import Tls, run_bridge  # noqa: PLC0415
+    from edge_detector.mqtt import MqttConfigError, Tls, run_bridge  # noqa: PLC0415
+    from edge_detector.runtime.checkpoint import open_checkpointer  # noqa: PLC0415
     from edge_detector.runtime.reload import Reloader  # noqa: PLC0415
+    from edge_detector.runtime.signals import SignalRelay, Stopped  # noqa: PLC0415
     password = os.environ.get("MQTT_PASSWORD")
     if password_file:
         with open(password_file, encoding="utf-8") as fh:
             password = fh.readline().rstrip("\r\n")
     with reported(BundleError):
         reloader = Reloader(bundle, engine=engine, mode=mode, trust=load_trust(trusted_keys, state_dir),
-                            variant=variant, watch=watch)
-        detector = reloader.load()
-    policy = StreamPolicy(missing=missing, gap_factor=gap_factor, max_jump=max_jump)
-    counts = run_bridge(detector, host=host, port=port, in_topic=in_topic, out_topic=out_topic, qos=qos,
-                        alarms_only=not all_events, policy=policy, output_format=output_format, client_id=client_id,
-                        username=username, password=password, err=sys.stderr, persistent_session=persistent_session,
-                        tls=Tls(tls_ca, tls_cert, tls_key), reloader=reloader)
+                            variant=variant, watch=watch, checkpointer=open_checkpointer(
+                                None if no_checkpoint else checkpoint_folder(state_dir), bundle))
+    relay = SignalRelay(reloader.request)
+    with relay.installed():                  # before the load: a SIGHUP then must not end the service
+        try:
+            with reported(BundleError):
+                detector = reloader.load()
+        except Stopped:
+            _echo_err(json.dumps({"notice": "stopped by a signal while the bundle loaded: nothing scored"}))
+            return
+        relay.started()
+        policy = StreamPolicy(missing=missing, gap_factor=gap_factor, max_jump=max_jump, max_fill=max_fill,
+                              stuck_after=stuck_after)
+        with reported(MqttConfigError):
+            counts = run_bridge(detector, host=host, port=port, in_topic=in_topic, out_topic=out_topic, qos=qos,
+                                alarms_only=not all_events, policy=policy, output_format=output_format,
+                                client_id=client_id, username=username, password=password, err=sys.stderr,
+                                persistent_session=persistent_session, tls=Tls(tls_ca, tls_cert, tls_key),
+                                reloader=reloader, max_inbox_bytes=int(max_inbox_mb * 2**20), stop=relay.event)
     _echo_err(json.dumps({"stats": counts}))
 
 

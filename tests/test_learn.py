@@ -1,7 +1,5 @@
 """Learning on the device (runtime.learn): it follows normal readings, never a fault, the same everywhere, and a
 restart keeps what it learnt."""
-import io
-
 import numpy as np
 import pytest
 
@@ -87,23 +85,22 @@ def test_learning_is_deterministic_and_batch_equals_streaming(trained, synthetic
     assert onnx.stage1.tolist() == batch.stage1.tolist() and onnx.is_anomaly.tolist() == batch.is_anomaly.tolist()
 
 
-def _round_trip(state):
-    # the state as a checkpoint stores it: arrays in an .npz, the rest as numbers
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in state.items()})
-    buf.seek(0)
-    with np.load(buf) as z:
-        return {k: (z[k] if z[k].ndim else z[k].item()) for k in z.files}
+def _through_checkpoint(detector, tmp_path):
+    # the state as the gateway keeps it: runtime.checkpoint's atomic file, read back for the same bundle
+    from edge_detector.runtime.checkpoint import load_checkpoint, save_checkpoint
+    path = str(tmp_path / "checkpoint.npz")
+    save_checkpoint(path, detector.bundle_id, detector.state())
+    return load_checkpoint(path, detector.bundle_id)
 
 
-def test_a_restart_keeps_what_was_learnt(trained, synthetic):
+def test_a_restart_keeps_what_was_learnt(trained, synthetic, tmp_path):
     data, _ = synthetic
     x, _ = with_faults(data.values)
     _, bundle = trained
     first = Detector.load(str(bundle), learning=True)
     for row in x[:1500]:
         first.score_one(row)
-    saved = {"learner": _round_trip(first.state()["learner"])}
+    saved = _through_checkpoint(first, tmp_path)
     restarted = Detector.load(str(bundle), learning=True)
     restarted.restore(saved)
     fresh = Detector.load(str(bundle), learning=True)

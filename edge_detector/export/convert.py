@@ -210,9 +210,12 @@ def check_stage2_parity(models: TrainedModels, values: np.ndarray, engines: dict
     return report
 
 
-def check_stage1_parity(models: TrainedModels, values: np.ndarray, engines: dict, progress: Progress) -> dict:
-    """Each stage-1 engine against scikit-learn on every training reading; ParityError on a miss."""
-    feats = batch_features(values[:models.meta["split"]["train_end"]], models.spec)
+def check_stage1_parity(models: TrainedModels, values: np.ndarray, engines: dict, progress: Progress,
+                        seconds: Optional[np.ndarray] = None) -> dict:
+    """Each stage-1 engine against scikit-learn on every training reading; ParityError on a miss. The features
+    are computed in NumPy (``batch_features``) for every engine: ONNX holds the forest alone."""
+    end = models.meta["split"]["train_end"]
+    feats = batch_features(values[:end], models.spec, None if seconds is None else seconds[:end])
     reference = models.stage1(feats)
     report = {}
     for name, engine in engines.items():
@@ -234,7 +237,7 @@ def check_parity(models: TrainedModels, data: Dataset, folder: str, arrays: Dict
     stage1 = {"numpy": numpy_stage1(forest_arrays(arrays)),
               "onnx": OnnxStage1(os.path.join(folder, ONNX_FILE), float(models.meta["iforest_offset"]))}
     report = check_stage2_parity(models, values, stage2, progress)
-    report.update(check_stage1_parity(models, values, stage1, progress))
+    report.update(check_stage1_parity(models, values, stage1, progress, data.seconds))
     return report
 
 
@@ -262,6 +265,7 @@ def build_manifest(models: TrainedModels, ops: list, parity: dict, files: Dict[s
         "stage2_input": transform_fields(models.transform),
         "thresholds": {k: meta["thresholds"][k] for k in ("tau1", "tau2", "iforest")},
         "threshold": meta.get("threshold", {"kind": "static"}),
+        "persistence": meta.get("persistence", {"k": 1, "n": 1}),
         "iforest_offset": meta["iforest_offset"],
         # learning on the device (runtime.learn): off unless the runtime turns it on; the seed of every tree it grows
         "learning": LearnSpec(enabled=learning, seed=int(meta["config"]["seed"])).to_dict(),
@@ -271,6 +275,10 @@ def build_manifest(models: TrainedModels, ops: list, parity: dict, files: Dict[s
         "parity": parity,
         "files": files,
     }
+    if meta.get("stage1_explain"):
+        manifest["stage1_explain"] = meta["stage1_explain"]
+    if "sensor_profile" in meta:                # what training saw of each sensor (runtime.sensor_health)
+        manifest["sensor_profile"] = meta["sensor_profile"]
     manifest["manifest_sha256"] = manifest_digest(manifest)
     return manifest
 

@@ -26,9 +26,13 @@ from edge_detector.export.files import atomic_folder
 from edge_detector.export.progress import Bar, Progress, log
 from edge_detector.export.tf_setup import configure_device, import_tf, quiet_native_log
 from edge_detector.runtime import FeatureSpec, InputError, WindowTransform, batch_features, prepare_windows, windows_at
+from edge_detector.runtime.energy import energy_weight
 from edge_detector.runtime.errors import check_choice
+from edge_detector.runtime.explain import feature_statistics
+from edge_detector.runtime.sensor_health import constant_mask, profile_of
 from edge_detector.runtime.threshold import KINDS, ThresholdSpec
-from edge_detector.runtime.windows import REDUCTIONS, smooth_windows, stage2_scores, window_scores
+from edge_detector.runtime.windows import (REDUCTIONS, sensor_units_error, smooth_windows, stage2_scores,
+                                          window_scores)
 
 KERAS_FILE = "lstm_ae.keras"
 IFOREST_FILE = "iforest.joblib"
@@ -57,6 +61,9 @@ class TrainConfig:
     screen_share: float = 0.08       # share of normal readings stage 1 passes to stage 2
     tau2_quantile: float = 0.999     # of normal-window stage-2 scores
     tau2_margin: float = 1.0         # tau2 = margin x that quantile (room for drift between training and use)
+    # Instead of quantile and margin: the share of normal calibration readings that alarm in hybrid mode
+    # (export.calibrate sets tau2, or the adaptive margin, to it; ``edge-detector calibrate`` does it later).
+    target_far: Optional[float] = None
     # "static": tau2 as above. "adaptive": the device follows its own normal scores (runtime.threshold):
     # tau_t = margin x max(that quantile, the adaptive_quantile of the last adaptive_history scores that
     # did not alarm), starting from the calibration windows' scores.
@@ -69,6 +76,13 @@ class TrainConfig:
     centre: str = "window"           # "window": each window's own median; "train": the training median
     whiten: bool = False             # ZCA-whiten with the training covariance
     reduce: str = "max"              # a window's score: worst sensor ("max") or mean over sensors
+    # Also score the window's own energy (runtime/energy.py): max(error, w x energy), w set so the two
+    # share the calibration windows' q0.99. Catches a shift the autoencoder reconstructs well.
+    input_energy: bool = False
+    # The alarm's persistence rule (runtime/persistence.py): a reading alarms when persist_k of the last
+    # persist_n readings crossed the threshold (1 of 1: every crossing alarms).
+    persist_k: int = 1
+    persist_n: int = 1
     iforest_quantile: float = 0.995  # iforest-only mode's own threshold
     lof_quantile: float = 0.995
     lof_neighbors: int = 20
@@ -102,19 +116,40 @@ PRESETS = {
     # own scores that did not alarm (1.55 x their 0.95 quantile over the last 200, and never below
     # 1.55 x the 0.99 quantile of the calibration scores). The margin is what benchmarks/skab.py
     # calibrated, without labels, on SKAB's normal-only recording (see benchmarks/README.md).
-    # Sized for short recordings (hundreds of rows).
+    # Stage 2 also scores its whitened input's energy (a T^2 of the window, so a shift the
+    # autoencoder copies still scores), and a reading alarms when 3 of the last 5 crossed the
+    # threshold, which removes flicker (issue 23's ablation: SKAB changepoint false positives
+    # 261 -> 109, F1, FAR and MAR no worse). Sized for short recordings (hundreds of rows).
     "rig": dict(window=20, smooth=10, centre="train", whiten=True, reduce="mean", tau2_quantile=0.99,
                 tau2_margin=1.55, threshold="adaptive", adaptive_quantile=0.95, adaptive_history=200,
                 screen_share=0.5, lstm_units=(16, 8), bottleneck=4, dropout=0.0, epochs=15, batch_size=32,
-                stride=1, features=FeatureSpec(windows=(5, 15), lags=(1,), families=("abs",))),
+                stride=1, features=FeatureSpec(windows=(5, 15), lags=(1,), families=("abs",)),
+                input_energy=True, persist_k=3, persist_n=5),
 }
 
 
-def preset_config(name: str, **overrides) -> "TrainConfig":
-    """A TrainConfig from a named preset, with fields overridden (None values are ignored)."""
+def preset_config(name: str, families: Optional[Sequence[str]] = None, feature_windows: Optional[Sequence[int]] = None,
+                  lags: Optional[Sequence[int]] = None, **overrides) -> "TrainConfig":
+    """A TrainConfig from a named preset, with fields overridden (None values are ignored).
+
+    ``families``, ``feature_windows`` and ``lags`` replace those of the preset's stage-1 features
+    (``FeatureSpec.from_names``: "minmax" stands for max and min); InputError for an unknown family or a
+    spec that yields no feature.
+
+    >>> preset_config("trend", families=["level", "std"], feature_windows=[10, 30]).features.families
+    ('level', 'std')
+    """
     check_choice("preset", name, tuple(PRESETS))
     params = dict(PRESETS[name])
     params.update({k: v for k, v in overrides.items() if v is not None})
+    if families or feature_windows or lags:
+        base = params.get("features", FeatureSpec())
+        try:
+            params["features"] = FeatureSpec.from_names(families or base.families, feature_windows or base.windows,
+                                                        lags or base.lags)
+            batch_features(np.zeros((1, 2)), params["features"], np.zeros(1))       # it yields some features
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
     return TrainConfig(**params)
 
 
@@ -192,7 +227,9 @@ def transform_fields(transform: WindowTransform) -> dict:
     """The "stage2_input" field of a manifest (``WindowTransform.from_manifest`` reads it back)."""
     return {"smooth": transform.smooth, "reduce": transform.reduce,
             "centre": None if transform.centre is None else transform.centre.tolist(),
-            "whiten": None if transform.whiten is None else transform.whiten.tolist()}
+            "whiten": None if transform.whiten is None else transform.whiten.tolist(),
+            "error_baseline": None if transform.baseline is None else transform.baseline.tolist(),
+            **({"energy": transform.energy} if transform.energy > 0 else {})}
 
 
 class Split(NamedTuple):
@@ -207,6 +244,8 @@ class Stage1(NamedTuple):
     lof: object                   # sklearn Pipeline(StandardScaler, LocalOutlierFactor)
     thresholds: dict              # tau1, iforest, lof
     calibration: dict             # shares of normal calibration readings above each threshold
+    explain: dict                 # the features' mean and std on normal calibration readings (runtime.explain)
+    seconds: dict = {}            # fitting time per model: iforest, lof
 
 
 class Stage2(NamedTuple):
@@ -216,6 +255,9 @@ class Stage2(NamedTuple):
     threshold: ThresholdSpec      # static, or adaptive with its starting history
     history: dict                 # Keras' loss and val_loss per epoch
     share_above_tau2: float
+    calibration_ends: np.ndarray  # [windows] rows whose windows calibrated tau2
+    calibration_scores: np.ndarray   # [windows] their stage-2 scores
+    seconds: float = 0.0          # the autoencoder's fitting time
 
 
 def chronological_split(data: Dataset, config: TrainConfig) -> Split:
@@ -226,7 +268,8 @@ def chronological_split(data: Dataset, config: TrainConfig) -> Split:
     return Split(fit_end, train_end, normal)
 
 
-def fit_stage1(values: np.ndarray, split: Split, config: TrainConfig, progress: Progress) -> Stage1:
+def fit_stage1(values: np.ndarray, split: Split, config: TrainConfig, progress: Progress,
+               reading_seconds: Optional[np.ndarray] = None) -> Stage1:
     """The IsolationForest (stage 1), LOF (the reference) and their thresholds on normal calibration rows.
 
     The IsolationForest fits on every fit row past the feature warm-up, anomalies included,
@@ -241,7 +284,10 @@ def fit_stage1(values: np.ndarray, split: Split, config: TrainConfig, progress: 
     from sklearn.pipeline import make_pipeline  # noqa: PLC0415
     from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
     spec = config.features
-    feats = batch_features(values[:split.train_end], spec)                   # [train rows, features]
+    if spec.needs_time and reading_seconds is None:
+        raise InputError("the time features need a timestamp column, and the data has none")
+    times = None if reading_seconds is None else reading_seconds[:split.train_end]
+    feats = batch_features(values[:split.train_end], spec, times)             # [train rows, features]
     fit_rows = np.arange(spec.history - 1, split.fit_end)
     clean_rows = window_ends(split.normal, 0, split.fit_end, spec.history)
     cal_rows = split.fit_end + np.flatnonzero(split.normal[split.fit_end:split.train_end])
@@ -251,19 +297,24 @@ def fit_stage1(values: np.ndarray, split: Split, config: TrainConfig, progress: 
                          % (split.fit_end, split.train_end - 1, cal_rows.size))
     log(progress, "features: %d columns; fit rows %d, calibration rows %d"
         % (feats.shape[1], fit_rows.size, cal_rows.size))
+    t0 = time.time()
     forest = IsolationForest(n_estimators=config.n_estimators, max_samples=min(config.max_samples, fit_rows.size),
                              random_state=config.seed).fit(feats[fit_rows])
+    t1 = time.time()
     s1_cal = -forest.score_samples(feats[cal_rows])
     tau1 = float(np.quantile(s1_cal, 1 - config.screen_share))
     tau_iforest = float(np.quantile(s1_cal, config.iforest_quantile))
     log(progress, "stage 1: IsolationForest(%d trees) fitted; tau1=%.4f (passes %.0f%% of normal), iforest-only "
         "tau=%.4f" % (config.n_estimators, tau1, 100 * config.screen_share, tau_iforest))
     lof = make_pipeline(StandardScaler(), LocalOutlierFactor(n_neighbors=config.lof_neighbors, novelty=True))
+    t2 = time.time()
     lof.fit(feats[clean_rows])
+    seconds = {"iforest": t1 - t0, "lof": time.time() - t2}
     tau_lof = float(np.quantile(-lof.score_samples(feats[cal_rows]), config.lof_quantile))
     return Stage1(forest, lof, {"tau1": tau1, "iforest": tau_iforest, "lof": tau_lof},
                   {"stage1_share_above_tau1": float(np.mean(s1_cal > tau1)),
-                   "iforest_share_above_tau": float(np.mean(s1_cal > tau_iforest))})
+                   "iforest_share_above_tau": float(np.mean(s1_cal > tau_iforest))},
+                  feature_statistics(feats[cal_rows]), seconds)
 
 
 def fit_stage2(values: np.ndarray, split: Split, config: TrainConfig, progress: Progress,
@@ -293,21 +344,65 @@ def fit_stage2(values: np.ndarray, split: Split, config: TrainConfig, progress: 
         epoch + 1, "loss %.4f, validation %.4f" % (logs["loss"], logs["val_loss"])))
     c = config.input_clip
     x_fit, x_cal_in = np.clip(x_fit, -c, c), np.clip(x_cal, -c, c)
+    t0 = time.time()
     history = model.fit(x_fit, x_fit, validation_data=(x_cal_in, x_cal_in), epochs=config.epochs,
                         batch_size=config.batch_size, shuffle=True, callbacks=[stop, epochs],
                         verbose=2 if verbose and progress is not None else 0)
+    seconds = time.time() - t0
     ran = len(history.history["loss"])
     bar.done("best validation loss %.4f%s" % (min(history.history["val_loss"]),
                                               ", stopped early" if ran < config.epochs else ""))
-    s2_cal, _ = stage2_scores(x_cal, lambda v: model.predict(v, batch_size=256, verbose=0), transform)
-    tau2, spec = stage2_threshold(s2_cal, config)
+    recon_cal = model.predict(np.clip(x_cal, -c, c), batch_size=256, verbose=0)     # [b, W, sensors], once
+    transform = transform._replace(baseline=error_baseline(x_cal, recon_cal, transform))
+    transform, s2_cal, tau2, spec = calibrate_stage2(x_cal, lambda v: recon_cal, transform, config)
     log(progress, "stage 2: tau2=%.4f (%s)" % (tau2, (
         "%g x q%.3f of %d normal windows" % (config.tau2_margin, config.tau2_quantile, len(s2_cal))
         if spec.kind == "static" else "q%.3f of %d normal windows; adaptive on the device: %g x the q%.2f of the "
         "last %d scores that did not alarm, at least %g x tau2" % (config.tau2_quantile, len(s2_cal),
                                                                     spec.margin, spec.quantile, spec.history,
                                                                     spec.margin))))
-    return Stage2(model, transform, tau2, spec, history.history, float(np.mean(s2_cal > spec.margin * tau2)))
+    return Stage2(model, transform, tau2, spec, history.history, float(np.mean(s2_cal > spec.margin * tau2)),
+                  cal_ends, s2_cal, seconds)
+
+
+def operating_point(values: np.ndarray, reading_seconds: Optional[np.ndarray], stage1: Stage1, stage2: Stage2,
+                    config: TrainConfig, progress: Progress) -> Stage2:
+    """Stage 2 with tau2 (static) or its margin (adaptive) set so that ``config.target_far`` of the normal
+    calibration readings alarm in hybrid mode (stage 1 above tau1 and stage 2 above its threshold)."""
+    from edge_detector.export.calibrate import NormalScores, level_for_rate, target_share  # noqa: PLC0415
+    far = target_share(config.target_far)
+    ends = stage2.calibration_ends
+    times = None if reading_seconds is None else reading_seconds[:ends[-1] + 1]
+    s1 = -stage1.forest.score_samples(batch_features(values[:ends[-1] + 1], config.features, times)[ends])
+    scores = NormalScores(s1, stage2.calibration_scores, s1 > stage1.thresholds["tau1"])
+    tau2, spec = level_for_rate(scores, stage2.threshold, stage2.tau2, far)
+    log(progress, "stage 2: tau2=%.4f%s so that %.3g%% of the normal calibration readings alarm"
+        % (tau2, "" if spec.kind == "static" else ", adaptive margin %.4g" % spec.margin, 100 * far))
+    return stage2._replace(tau2=tau2, threshold=spec,
+                           share_above_tau2=float(np.mean(stage2.calibration_scores > spec.margin * tau2)))
+
+
+def error_baseline(x_cal: np.ndarray, recon_cal: np.ndarray, transform: WindowTransform) -> np.ndarray:
+    """Each sensor's mean squared error on the normal calibration windows, in its own units: [sensors]. Events
+    share a window's error out by each sensor's error above this (``runtime.windows.sensor_shares``)."""
+    tail = transform.tail
+    residual = np.asarray(x_cal, dtype=np.float64)[:, -tail:] - recon_cal[:, -tail:]      # [b, tail, s]
+    return sensor_units_error(residual, transform).mean(axis=0)
+
+
+def calibrate_stage2(x_cal: np.ndarray, reconstruct, transform: WindowTransform, config: TrainConfig):
+    """(transform, calibration scores [windows], tau2, threshold spec) of a trained autoencoder.
+
+    With ``config.input_energy`` the transform gets the energy's weight first (q0.99 of the
+    calibration windows' error over q0.99 of their energy), and the calibration scores are the
+    combined ones, so tau2 and the adaptive history are in the same units as the device's scores.
+    """
+    s2_cal, _ = stage2_scores(x_cal, reconstruct, transform)
+    if config.input_energy:
+        transform = transform._replace(energy=energy_weight(s2_cal, x_cal, transform.tail, config.tau2_quantile))
+        s2_cal, _ = stage2_scores(x_cal, reconstruct, transform)
+    tau2, spec = stage2_threshold(s2_cal, config)
+    return transform, s2_cal, tau2, spec
 
 
 def stage2_threshold(s2_cal: np.ndarray, config: TrainConfig) -> Tuple[float, ThresholdSpec]:
@@ -338,7 +433,9 @@ def model_meta(data: Dataset, config: TrainConfig, split: Split, stage1: Stage1,
         "thresholds": {"tau1": stage1.thresholds["tau1"], "tau2": stage2.tau2,
                        "iforest": stage1.thresholds["iforest"], "lof": stage1.thresholds["lof"]},
         "threshold": stage2.threshold.to_dict(),
+        "persistence": {"k": config.persist_k, "n": config.persist_n},
         "iforest_offset": float(stage1.forest.offset_),
+        "stage1_explain": stage1.explain,
         "split": {"rows": n, "fit_end": split.fit_end, "train_end": split.train_end},
         "training_data": {"sha256": data.sha256, "rows": n, "train_rows": split.train_end,
                           "path": os.path.abspath(source) if source else None},
@@ -357,6 +454,9 @@ def save_model(out_dir: str, meta: dict, stage1: Stage1, stage2: Stage2) -> None
         "calibration": {"stage1_share_above_tau1": stage1.calibration["stage1_share_above_tau1"],
                         "stage2_share_above_tau2": stage2.share_above_tau2,
                         "iforest_share_above_tau": stage1.calibration["iforest_share_above_tau"]},
+        # seconds to fit each model (the autoencoder's over all its epochs)
+        "fit_seconds": {"iforest": round(stage1.seconds.get("iforest", 0.0), 3),
+                        "lof": round(stage1.seconds.get("lof", 0.0), 3), "lstm_autoencoder": round(stage2.seconds, 3)},
     }
     with atomic_folder(out_dir, prefix=".model-") as tmp:
         stage2.model.save(os.path.join(tmp, KERAS_FILE))
@@ -366,6 +466,18 @@ def save_model(out_dir: str, meta: dict, stage1: Stage1, stage2: Stage2) -> None
             json.dump(meta, fh, indent=2)
         with open(os.path.join(tmp, METRICS_JSON), "w") as fh:
             json.dump(metrics, fh, indent=2)
+
+
+def sensor_profile(values: np.ndarray, sensors: Sequence[str], progress: Progress) -> dict:
+    """What training saw of each sensor: [train rows, sensors] -> the manifest's ``sensor_profile`` (low, high, longest
+    unchanged run; ``runtime.sensor_health``). A sensor constant in it is named in a warning through ``progress``:
+    neither model can see it move, so the gateway reports a reading off that constant instead."""
+    profile = profile_of(values)
+    for k in np.flatnonzero(constant_mask(profile, len(sensors))):
+        log(progress, "warning: sensor %r is constant (%g) in the training data: neither model can see it move; the "
+            "gateway reports a reading off %g as a sensor-health notice (\"departed\")"
+            % (sensors[k], profile["low"][k], profile["low"][k]))
+    return profile
 
 
 def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None, progress: Progress = print,
@@ -384,13 +496,17 @@ def train(data: Dataset, out_dir: str, config: Optional[TrainConfig] = None, pro
         len(values), values.shape[1], ", ".join(data.sensors),
         "labels present: the anomalous readings are left out of the normal fits" if data.labels is not None
         else "no labels: every training reading is taken as normal"))
-    stage1 = fit_stage1(values, split, config, progress)
+    profile = sensor_profile(values[:split.train_end], data.sensors, progress)
+    stage1 = fit_stage1(values, split, config, progress, data.seconds)
     with quiet_native_log(verbose):
         tf, _, _ = import_tf()
         device = configure_device(tf)
         log(progress, "training device: %s" % device)
         stage2 = fit_stage2(values, split, config, progress, verbose)
+    if config.target_far is not None:
+        stage2 = operating_point(values, data.seconds, stage1, stage2, config, progress)
     meta = model_meta(data, config, split, stage1, stage2, device, source, time.time() - t0)
+    meta["sensor_profile"] = profile
     save_model(out_dir, meta, stage1, stage2)
     log(progress, "saved %s in %.1fs" % (out_dir, time.time() - t0))
     return meta

@@ -69,8 +69,8 @@ class _Originals:
         return self.models.keras.predict(x, batch_size=256, verbose=0)
 
 
-def hybrid_alarms(detector: Detector, values: np.ndarray) -> np.ndarray:
-    return detector.score(values).is_anomaly
+def hybrid_alarms(detector: Detector, values: np.ndarray, seconds: Optional[np.ndarray] = None) -> np.ndarray:
+    return detector.score(values, seconds=None if seconds is None else seconds[:len(values)]).is_anomaly
 
 
 class Reference(NamedTuple):
@@ -86,7 +86,7 @@ def reference_of(models: TrainedModels, data: Dataset, bundle: Bundle, x_cal: np
     reference = Detector(bundle, engine="numpy")
     originals = _Originals(models)
     reference.stage1, reference.stage2 = originals.stage1, originals.stage2
-    return Reference(hybrid_alarms(reference, values)[meta["split"]["fit_end"]:],
+    return Reference(hybrid_alarms(reference, values, data.seconds)[meta["split"]["fit_end"]:],
                      stage2_scores(x_cal, originals.stage2, models.transform)[0])
 
 
@@ -98,7 +98,7 @@ def gate(models: TrainedModels, data: Dataset, bundle: Bundle, name: str, varian
     fit_end, train_end = meta["split"]["fit_end"], meta["split"]["train_end"]
     values = np.asarray(data.values, dtype=np.float64)[:train_end]
     variant = Detector(bundle, engine="tflite", variant=name)
-    ref_alarms, got_alarms = ref.alarms, hybrid_alarms(variant, values)[fit_end:]
+    ref_alarms, got_alarms = ref.alarms, hybrid_alarms(variant, values, data.seconds)[fit_end:]
     out = {"readings": int(train_end - fit_end), "agreement": float(np.mean(ref_alarms == got_alarms)),
            "max_rel_error": float(rel_error(variant_s2, ref.keras_s2).max()),
            "f1_diff": None}

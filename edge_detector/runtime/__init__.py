@@ -27,6 +27,14 @@ stage, ``reload`` swaps in a new bundle while a stream runs (SIGHUP, --watch), a
 holds the two exceptions and the one rule for a sensor value.
 Scores everywhere: higher = more anomalous.
 """
+import signal as _signal
+import sys as _sys
+
+if _sys.argv[:1] == ["-m"] and hasattr(_signal, "SIGHUP") and _signal.getsignal(_signal.SIGHUP) == _signal.SIG_DFL:
+    # python3 -m runtime, before the imports below: a SIGHUP (a reload asked for) must not end the process; nothing is
+    # loaded yet, so nothing needs reloading (the stream installs its own handlers before it reads the bundle)
+    _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)
+
 from .bundle import MANIFEST, ONNX_FILE, SCHEMA_VERSION, TFLITE_FILE, WEIGHTS, Bundle, load_bundle, load_manifest
 from .detector import MODES, Detector, Score, Scores
 from .engines import ENGINE_CHOICES, engine_available

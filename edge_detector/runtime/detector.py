@@ -13,11 +13,13 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .bundle import ONNX_FILE, TFLITE_FILE, Bundle, forest_arrays, load_bundle
-from .trust import Trust
+from .trust import Trust, record_version
 from .engines import ENGINE_CHOICES, OnnxStage1, TFLiteStage2, numpy_stage1, numpy_stage2, stage_engines
 from .errors import MAX_ABS_VALUE, BundleError, InputError, check_choice, valid_values
+from .explain import FeatureExplainer
 from .features import FeatureSpec, FeatureState, batch_features, feature_names, features_of_states
 from .learn import LearnSpec, learner_for
+from .persistence import Persistence, PersistenceSpec, persisted
 from .threshold import Threshold, ThresholdSpec
 from .windows import WindowTransform, window_scores, windows_at
 
@@ -29,7 +31,8 @@ class Score(NamedTuple):
     stage1: float
     stage2: Optional[float]
     is_anomaly: bool
-    contributions: Optional[Dict[str, float]]   # each sensor's share of the stage-2 error
+    contributions: Optional[Dict[str, float]]   # each sensor's share of the stage-2 error (IF-only alarms: of the
+                                                # stage-1 features' distance from normal, ``explain``)
     warmup: bool
 
 
@@ -39,7 +42,8 @@ class Scores(NamedTuple):
     stage2: np.ndarray           # [n], NaN where stage 2 did not run
     is_anomaly: np.ndarray       # [n] bool
     warmup: np.ndarray           # [n] bool
-    shares: np.ndarray           # [n, sensors]: each sensor's share of the stage-2 error (0 where it did not run)
+    shares: np.ndarray           # [n, sensors]: each sensor's share of the stage-2 error (0 where it did not run;
+                                 # IF-only alarms: of the stage-1 features' distance from normal)
 
     @property
     def stage2_ran(self) -> np.ndarray:
@@ -65,20 +69,21 @@ class Scores(NamedTuple):
 
 class StreamState:
     """One stream's memory: its feature history, its last ``span`` readings, how many it has seen,
-    its stage-2 threshold and, when it learns, its stage-1 learner (``learn``). A Detector has one;
-    ``MultiDetector`` keeps one per stream key."""
+    and its stage-2 threshold. A Detector has one; ``MultiDetector`` keeps one per stream key."""
 
     def __init__(self, detector: "Detector"):
         self.features = FeatureState(detector.spec, len(detector.sensors))
         self.buffer = np.zeros((detector.span, len(detector.sensors)))     # [span, sensors], oldest first
         self.count = 0
         self.threshold = Threshold(detector.threshold_spec, detector.tau2)
+        self.persistence = Persistence(detector.persistence_spec)
         self.learner = learner_for(detector.learn_spec, detector.forest_arrays, detector.n_features)
 
     def reset(self) -> None:
         """Forget the window: the next reading starts a new warm-up (the threshold keeps what it learnt)."""
         self.features.reset()
         self.count = 0
+        self.persistence = Persistence(self.persistence.spec)
 
     def remember(self, x: np.ndarray) -> None:
         if self.count < len(self.buffer):
@@ -129,7 +134,9 @@ class Detector:
         try:
             self.transform = WindowTransform.from_manifest(manifest)
             self.threshold_spec = ThresholdSpec.from_manifest(self.variant or manifest)
+            self.persistence_spec = PersistenceSpec.from_manifest(manifest)
             self.learn_spec = LearnSpec.from_manifest(manifest)
+            self.explainer = FeatureExplainer.from_manifest(manifest)
         except ValueError as exc:
             raise BundleError("manifest: %s" % exc) from None
         t = manifest["thresholds"]
@@ -139,6 +146,7 @@ class Detector:
         self.span = self.transform.span
         self.warmup = max(self.span, self.spec.history)
         self.stage1, self.stage2 = self._stages(bundle, engine, threads)
+        self.bundle_id = bundle.bundle_id                    # sha256 of manifest.json's bytes (checkpoint.py)
         if learning is not None:
             self.learn_spec = self.learn_spec._replace(enabled=bool(learning))
         # learning: stage 1 runs the NumPy forest it learns, whatever the engine (the same bits everywhere)
@@ -149,12 +157,14 @@ class Detector:
     def _stages(self, bundle: Bundle, engine: str, threads: Optional[int]):
         stage1_engine, stage2_engine = stage_engines(engine)
         if stage1_engine == "onnx":
-            stage1 = OnnxStage1(bundle.file(ONNX_FILE), float(self.manifest["iforest_offset"]), threads)
+            stage1 = OnnxStage1(bundle.file(ONNX_FILE), float(self.manifest["iforest_offset"]), threads,
+                                model=bundle.read(ONNX_FILE))
         else:
             stage1 = numpy_stage1(forest_arrays(bundle.arrays))
         if stage2_engine == "numpy":
             return stage1, numpy_stage2(bundle.arrays)
-        stage2 = TFLiteStage2(bundle.file(self.variant["file"] if self.variant else TFLITE_FILE), threads)
+        name = self.variant["file"] if self.variant else TFLITE_FILE
+        stage2 = TFLiteStage2(bundle.file(name), threads, model=bundle.read(name))
         expected = (1, self.window, len(self.sensors))
         if stage2.input_shape != expected:
             raise BundleError("%s: input shape %s does not match the manifest's window and sensors %s"
@@ -165,18 +175,23 @@ class Detector:
 
     @classmethod
     def load(cls, path: str, engine: str = "numpy", mode: str = "hybrid", threads: Optional[int] = None,
-             trust: Optional[Trust] = None, variant: Optional[str] = None,
+             trust: Optional[Trust] = None, variant: Optional[str] = None, record: bool = True,
              learning: Optional[bool] = None) -> "Detector":
         """Load a bundle directory, verifying its manifest and checksums first (and, with ``trust``, its signature
         and version: ``trust.load_trust(keys_file)``). ``variant`` picks a quantized stage-2 model (float16,
-        dynamic, int8: ``export --quantize``) for the tflite engine, with its own threshold."""
+        dynamic, int8: ``export --quantize``) for the tflite engine, with its own threshold. With ``trust``, the
+        version is recorded in the ledger once the Detector is built, unless ``record`` is False (a caller with
+        checks of its own records it with ``trust.record_version`` once the bundle is accepted)."""
         check_choice("engine", engine, ENGINE_CHOICES)
         check_choice("mode", mode, MODES)
         bundle = load_bundle(path, trust)
         try:
-            return cls(bundle, engine=engine, mode=mode, threads=threads, variant=variant, learning=learning)
+            detector = cls(bundle, engine=engine, mode=mode, threads=threads, variant=variant, learning=learning)
         except KeyError as exc:
             raise BundleError("bundle %r: weights or manifest lack %s" % (path, exc)) from None
+        if trust is not None and record:
+            record_version(path, detector.manifest, trust)
+        return detector
 
     @property
     def engines(self) -> Dict[str, str]:
@@ -197,23 +212,31 @@ class Detector:
         return self.stream_state.count
 
     def state(self) -> Dict[str, dict]:
-        """What this stream's detector learnt while running, by component (``{"learner": ...}`` when it learns;
-        ``{}`` when nothing is learnt): JSON values and NumPy arrays, for a checkpoint of the same bundle."""
+        """What this stream's detector learnt while running, by component: ``{"threshold": ...}`` for an adaptive
+        threshold (a static one learns nothing), other learning components under their own key; ``{}`` when
+        nothing is learnt. JSON-able values and NumPy arrays (``checkpoint.save_checkpoint`` stores it).
+
+        The window and the warm-up are not in it: a restart is a gap, and a gap starts a new window.
+        """
         out = {}
+        if self.stream_state.threshold.adaptive:
+            out["threshold"] = self.stream_state.threshold.state()
         if self.stream_state.learner is not None:
-            out["learner"] = self.stream_state.learner.state()
+            out["learner"] = self.stream_state.learner.state()           # runtime.learn
         return out
 
     def restore(self, state: Dict[str, dict]) -> None:
-        """Hand each component its part of ``state()``'s dict; ValueError naming the part that does not fit this
-        bundle (then that part is unchanged)."""
-        unknown = sorted(set(state) - {"learner"})
+        """Hand each component its part of ``state()``'s dict (from a checkpoint of the same bundle). ValueError
+        naming the part when it does not fit this bundle; then nothing is changed."""
+        unknown = sorted(set(state) - {"threshold", "learner"})
         if unknown:
             raise ValueError("state for components this detector does not have: %s" % ", ".join(unknown))
+        if "learner" in state and self.stream_state.learner is None:
+            raise ValueError("learner state given to a detector that does not learn")
         if "learner" in state:
-            if self.stream_state.learner is None:
-                raise ValueError("learner state given to a detector that does not learn")
-            self.stream_state.learner.restore(state["learner"])
+            self.stream_state.learner.restore(state["learner"])       # checked whole before anything changes
+        if "threshold" in state:
+            self.stream_state.threshold.restore(state["threshold"])
 
     def reset(self) -> None:
         """Forget the stream's window: the next reading starts a new warm-up (the threshold keeps what it learnt)."""
@@ -230,11 +253,21 @@ class Detector:
         return x
 
     def _verdict(self, state: StreamState, s1: float, s2: Optional[float], shares: Optional[np.ndarray],
-                 warm: bool) -> Score:
+                 warm: bool, features: np.ndarray) -> Score:
+        # the threshold's verdict, then the persistence rule (k of the last n readings), which sees every reading
+        score = self._crossing(state, s1, s2, shares, warm, features)
+        return score._replace(is_anomaly=state.persistence.update(score.is_anomaly))
+
+    def _crossing(self, state: StreamState, s1: float, s2: Optional[float], shares: Optional[np.ndarray],
+                  warm: bool, features: np.ndarray) -> Score:
         if warm:
             return Score(s1, None, False, None, True)
         if self.mode == "iforest":
-            return Score(s1, None, bool(s1 > self.tau_iforest), None, False)
+            alarm = bool(s1 > self.tau_iforest)
+            if not alarm or self.explainer is None:
+                return Score(s1, None, alarm, None, False)
+            shares = self.explainer.shares(features[None])[0]
+            return Score(s1, None, True, {s: round(float(v), 6) for s, v in zip(self.sensors, shares)}, False)
         if s2 is None:
             return Score(s1, None, False, None, False)
         contributions = {s: round(float(v), 6) for s, v in zip(self.sensors, shares)}
@@ -243,14 +276,23 @@ class Detector:
     def _needs_stage2(self, s1: float) -> bool:
         return self.mode == "lstm" or (self.mode == "hybrid" and s1 > self.tau1)
 
-    def score_states(self, states: Sequence[StreamState], readings: Sequence[np.ndarray]) -> List[Score]:
-        """The next reading of each of several streams (checked readings, one per state), scored together:
-        stage 1 in one call over [k, features], stage 2 in one batch over the windows that need it.
+    def check_time(self, seconds) -> None:
+        """InputError when the bundle's features need each reading's time (the time family) and one is missing."""
+        if self.spec.needs_time and (seconds is None or any(t is None for t in np.atleast_1d(seconds))):
+            raise InputError("this bundle's features include the time of day and week: each reading needs its "
+                             "timestamp")
+
+    def score_states(self, states: Sequence[StreamState], readings: Sequence[np.ndarray],
+                     seconds: Optional[Sequence[Optional[float]]] = None) -> List[Score]:
+        """The next reading of each of several streams (checked readings, one per state; ``seconds``, their
+        times in epoch seconds, where the features need them), scored together: stage 1 in one call over
+        [k, features], stage 2 in one batch over the windows that need it.
 
         Every window and every feature row gets the bits it would get alone, so each stream's verdicts
         equal those of its own Detector.
         """
-        feats = features_of_states([st.features for st in states], readings)             # [k, features]
+        self.check_time(seconds)
+        feats = features_of_states([st.features for st in states], readings, seconds)    # [k, features]
         if self.learning:                                   # each stream's own learnt forest
             s1 = np.array([st.learner.stage1(feats[i:i + 1])[0] for i, st in enumerate(states)], dtype=np.float64)
         else:
@@ -264,20 +306,22 @@ class Detector:
             scores, share = window_scores(np.stack([states[i].buffer for i in need]), self.stage2, self.transform)
             s2 = dict(zip(need, scores.tolist()))
             shares = dict(zip(need, share))
-        verdicts = [self._verdict(st, float(s1[i]), s2.get(i), shares.get(i), warm[i]) for i, st in enumerate(states)]
+        verdicts = [self._verdict(st, float(s1[i]), s2.get(i), shares.get(i), warm[i], feats[i])
+                    for i, st in enumerate(states)]
         if self.learning:
             for i, st in enumerate(states):
                 if not warm[i]:
                     st.learner.observe(feats[i], verdicts[i].is_anomaly, float(s1[i]))
         return verdicts
 
-    def score_one(self, reading: Sequence[float]) -> Score:
+    def score_one(self, reading: Sequence[float], seconds: Optional[float] = None) -> Score:
         """The next reading's verdict: [sensors] -> Score. Never alarms during warm-up.
 
-        Raises ``InputError`` for a reading of the wrong length or with NaN/inf, and then
-        leaves the stream's state untouched.
+        ``seconds`` is the reading's time in epoch seconds, needed only by bundles whose features include
+        the time of day and week. Raises ``InputError`` for a reading of the wrong length or with NaN/inf
+        (or without a time the features need), and then leaves the stream's state untouched.
         """
-        return self.score_states([self.stream_state], [self.check_reading(reading)])[0]
+        return self.score_states([self.stream_state], [self.check_reading(reading)], [seconds])[0]
 
     def fork(self) -> "Detector":
         """A detector for another stream: the same model, engines and thresholds, a fresh state of its own."""
@@ -285,8 +329,9 @@ class Detector:
         other.stream_state = StreamState(self)
         return other
 
-    def score(self, values: np.ndarray, batch_size: int = 256) -> Scores:
-        """Batch form of ``score_one`` over a whole series from a fresh state: [time, sensors] -> Scores.
+    def score(self, values: np.ndarray, batch_size: int = 256, seconds: Optional[np.ndarray] = None) -> Scores:
+        """Batch form of ``score_one`` over a whole series from a fresh state: [time, sensors] -> Scores
+        (``seconds`` [time]: the readings' times, where the features need them).
 
         Gives the same results as a fresh detector fed the rows one by one; it does not
         touch the streaming state.
@@ -294,16 +339,22 @@ class Detector:
         values = self._check_series(values)
         if self.learning:                  # what it learns depends on every verdict before: the streaming code, in order
             fresh = self.fork()
-            return Scores.stack([fresh.score_one(row) for row in values], self.sensors)
+            times = [None] * len(values) if seconds is None else [float(t) for t in seconds]
+            return Scores.stack([fresh.score_one(row, t) for row, t in zip(values, times)], self.sensors)
         n = values.shape[0]
-        s1 = self.stage1(batch_features(values, self.spec)) if n else np.zeros(0)     # [n]
+        self.check_time(None if seconds is None else np.asarray(seconds, dtype=np.float64))
+        feats = batch_features(values, self.spec, seconds) if n else None                  # [n, features]
+        s1 = self.stage1(feats) if n else np.zeros(0)                                       # [n]
         warm = np.arange(n) + 1 < self.warmup
         run = ~warm & self._batch_needs_stage2(s1)
         s2, shares = self._batch_stage2(values, np.flatnonzero(run), batch_size)
         if self.mode == "iforest":
             alarm = ~warm & (s1 > self.tau_iforest)
+            if self.explainer is not None and alarm.any():
+                shares[alarm] = self.explainer.shares(feats[alarm])
         else:
             alarm = self._batch_alarms(s2, run)
+        alarm = persisted(alarm, self.persistence_spec)
         return Scores(np.asarray(s1, dtype=np.float64), s2, alarm, warm, shares)
 
     def _batch_alarms(self, s2: np.ndarray, run: np.ndarray) -> np.ndarray:
@@ -345,5 +396,6 @@ class Detector:
     def verdict_at(self, scores: Scores, i: int) -> Score:
         """Row ``i`` of batch ``scores`` as a Score (its alarm as the batch decided it)."""
         s2 = None if np.isnan(scores.stage2[i]) else float(scores.stage2[i])
-        contributions = None if s2 is None else {s: round(float(v), 6) for s, v in zip(self.sensors, scores.shares[i])}
+        explained = s2 is not None or (self.mode == "iforest" and self.explainer is not None and scores.is_anomaly[i])
+        contributions = {s: round(float(v), 6) for s, v in zip(self.sensors, scores.shares[i])} if explained else None
         return Score(float(scores.stage1[i]), s2, bool(scores.is_anomaly[i]), contributions, bool(scores.warmup[i]))

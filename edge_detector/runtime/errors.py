@@ -1,4 +1,4 @@
-"""The runtime's two exceptions, the one rule for a sensor value, and the one check of a named choice.
+"""The runtime's exceptions, the one rule for a sensor value, and the one check of a named choice.
 
 A user's mistake (a bad line, a bad bundle) raises ``InputError`` or ``BundleError`` with a
 sentence that names the thing, the value and the rule; anything else is a bug and keeps its
@@ -16,6 +16,10 @@ MAX_ABS_VALUE = 1e30
 
 class BundleError(ValueError):
     """A bundle is missing, corrupt, or does not match what is asked of it."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint of learnt state cannot be used (corrupt, too big, another bundle's) or written."""
 
 
 class InputError(ValueError):

@@ -2,20 +2,26 @@
 
     SIGHUP -> Reloader.request: requested = True ---------+
     --watch: Reloader.poll: a stat, at most once a second -+-> between two readings: Reloader.swap
+      -> manifest.json's bytes the running bundle's (same sha256)? a notice "unchanged", nothing else: no swap,
+         no warm-up, the learnt state kept (a touch or a SIGHUP costs nothing)
       -> Detector.load(path, the first load's engine, mode, threads, trust and ledger, variant)
       -> verified: target.use(new): the clock, held-back readings and counts carry over; a new warm-up
       -> refused:  a notice naming the bundle and the reason; the old bundle keeps scoring
 
-Nothing here installs a signal handler: ``stream.stop_signals`` does, and sends SIGHUP to ``request``.
+Between two readings it also ticks the stream's ``checkpoint.Checkpointer`` (when given): the learnt state is
+restored before the first reading and saved at a bounded rate. Nothing here installs a signal handler:
+``signals.stop_signals`` does, and sends SIGHUP to ``request``. The counts of reloads go into the stream's own stats.
 """
+import hashlib
 import os
 import time
 from typing import Callable, Optional, Tuple
 
-from .bundle import MANIFEST
+from .bundle import MANIFEST, read_manifest_bytes
+from .checkpoint import Checkpointer
 from .detector import Detector
 from .errors import BundleError
-from .trust import Trust
+from .trust import Trust, record_version
 
 WATCH_INTERVAL_S = 1.0       # --watch stats the bundle at most this often
 Stat = Optional[Tuple[int, int, int, int]]
@@ -89,19 +95,22 @@ class Reloader:
 
     def __init__(self, path: str, engine: str = "numpy", mode: str = "hybrid", threads: Optional[int] = None,
                  trust: Optional[Trust] = None, variant: Optional[str] = None, watch: bool = False,
-                 interval: float = WATCH_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
+                 interval: float = WATCH_INTERVAL_S, clock: Callable[[], float] = time.monotonic,
+                 checkpointer: Optional[Checkpointer] = None):
         self.path, self.watch, self.interval, self.clock = path, watch, interval, clock
+        self.checkpointer = checkpointer
         self.options = dict(engine=engine, mode=mode, threads=threads, trust=trust, variant=variant)
         self.requested = False                       # set by SIGHUP: reload before the next reading
         self.seen = bundle_signature(path)           # the path as it was at the last load (or refusal)
         self.polled = clock()
-        self.reloads = self.refused = 0
+        self.reloads = self.refused = self.kept = 0
 
-    def load(self) -> Detector:
+    def load(self, record: bool = True) -> Detector:
         """The bundle at ``path`` as a Detector, verified with this Reloader's arguments; BundleError if it does not
-        verify. What ``poll`` compares against is taken first, so a change made during the load is seen."""
+        verify. What ``poll`` compares against is taken first, so a change made during the load is seen. ``record``:
+        see ``Detector.load`` (``swap`` records the version itself, once the bundle passed its own checks too)."""
         self.seen = bundle_signature(self.path)
-        return Detector.load(self.path, **self.options)
+        return Detector.load(self.path, record=record, **self.options)
 
     def request(self, signum=None, frame=None) -> None:
         """The SIGHUP handler: a reload before the next reading. Only sets a flag, so it is safe at any moment."""
@@ -123,8 +132,28 @@ class Reloader:
         return self.requested or self.poll()
 
     def between(self, target, note: Callable[[dict], None], line: Optional[int] = None) -> bool:
-        """Between two readings: ``swap`` when a reload is due; True when a new bundle now scores."""
+        """Between two readings: tick the checkpointer, then ``swap`` when a reload is due; True when a new bundle
+        now scores."""
+        if self.checkpointer is not None:
+            self.checkpointer.tick(target, note)
         return self.due() and self.swap(target, note, line)
+
+    def finish(self, target, note: Callable[[dict], None]) -> None:
+        """At a clean end of the stream: the last checkpoint of what it learnt (when checkpoints are on)."""
+        if self.checkpointer is not None:
+            self.checkpointer.finish(target, note)
+
+    def unchanged(self, target) -> bool:
+        """True when the bundle's manifest.json has the bytes of the one ``target`` runs (its sha256, ``bundle_id``):
+        the manifest holds every other file's sha256, so the same manifest is the same model."""
+        running = getattr(getattr(target, "detector", None), "bundle_id", None)
+        if not running:
+            return False
+        try:
+            data = read_manifest_bytes(self.path)
+        except (BundleError, OSError):
+            return False                              # the load says why
+        return hashlib.sha256(data).hexdigest() == running
 
     def swap(self, target, note: Callable[[dict], None], line: Optional[int] = None) -> bool:
         """Verify the bundle at ``path`` and hand it to ``target.use``; True when swapped in, False when refused.
@@ -134,18 +163,30 @@ class Reloader:
         Any failure refuses the bundle: the old one keeps scoring.
         """
         self.requested = False                       # a SIGHUP during the load asks again
+        seen = bundle_signature(self.path)
+        if self.unchanged(target):
+            self.seen = seen
+            self.kept += 1
+            _count(target, "reloads_unchanged")
+            note(self._record(line, "bundle at %s unchanged (manifest sha256 %s...): nothing to reload, its state and "
+                              "warm-up kept" % (self.path, target.detector.bundle_id[:16])))
+            return False
         try:
-            new = self.load()
+            new = self.load(record=False)
             problem = _sensor_change(target.detector, new)
             if problem:
                 raise BundleError("bundle %r: %s" % (self.path, problem))
+            if self.options["trust"] is not None:    # accepted: only now is its version recorded
+                record_version(self.path, new.manifest, self.options["trust"])
         except Exception as exc:  # noqa: BLE001 (whatever fails, the old bundle keeps scoring)
             self.refused += 1
+            _count(target, "reloads_refused")
             reason = str(exc) if isinstance(exc, BundleError) else "%s: %s" % (type(exc).__name__, exc)
             note(self._record(line, "new bundle at %s refused, the old one keeps scoring: %s" % (self.path, reason)))
             return False
         target.use(new)
         self.reloads += 1
+        _count(target, "reloads")
         # warm-up: the readings before the window is full, flagged "warmup" in their events
         note(self._record(line, "bundle reloaded from %s (%s): warm-up of %d readings starts"
                           % (self.path, _version(new), new.warmup - 1)))
@@ -154,3 +195,10 @@ class Reloader:
     @staticmethod
     def _record(line: Optional[int], text: str) -> dict:
         return {"notice": text} if line is None else {"line": line, "notice": text}
+
+
+def _count(target, key: str) -> None:
+    # the stream's stats (``StreamScorer.stats``) count the reloads, so that --stats shows them
+    stats = getattr(target, "stats", None)
+    if isinstance(stats, dict):
+        stats[key] = stats.get(key, 0) + 1

@@ -14,9 +14,10 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from .errors import BundleError
-from .features import FEATURE_FAMILIES
+from .features import FEATURE_FAMILIES, FeatureSpec, feature_names
 from .learn import LearnSpec
 from .lstm import DENSE_LAYERS, LSTM_LAYERS
+from .persistence import MAX_PERSISTENCE
 from .threshold import KINDS
 from .windows import REDUCTIONS
 
@@ -25,6 +26,7 @@ MAX_WINDOW = 2000              # stage-2 steps W
 MAX_SMOOTH = 1000
 MAX_HISTORY = 10000            # feature windows and lags, in readings
 MAX_FEATURE_TERMS = 16         # windows or lags listed
+MAX_FEATURES = 65536           # stage-1 columns (the cross family grows with the square of the sensors)
 MAX_UNITS = 1024               # LSTM units and the bottleneck
 MAX_TREES = 1000
 MAX_DEPTH = 24
@@ -78,7 +80,7 @@ def check_sensors(m: dict) -> int:
     return len(sensors)
 
 
-def check_features(m: dict) -> None:
+def check_features(m: dict, n_sensors: int) -> None:
     spec = m.get("feature_spec")
     if not isinstance(spec, dict):
         raise _fail("feature_spec", "an object with windows, lags and families", spec)
@@ -88,6 +90,16 @@ def check_features(m: dict) -> None:
     if not isinstance(families, list) or not families or not set(families) <= set(FEATURE_FAMILIES) \
             or not all(isinstance(f, str) for f in families):
         raise _fail("feature_spec.families", "a list of %s" % ", ".join(FEATURE_FAMILIES), families)
+    count = len(feature_names(FeatureSpec.from_dict(spec), ["s%d" % i for i in range(n_sensors)]))
+    if not 1 <= count <= MAX_FEATURES:
+        raise _fail("feature_spec", "a spec of 1 to %d features for %d sensors" % (MAX_FEATURES, n_sensors),
+                    "%d features" % count)
+    explain = m.get("stage1_explain")
+    if explain is not None:
+        if not isinstance(explain, dict):
+            raise _fail("stage1_explain", "an object with mean and std", explain)
+        _floats("stage1_explain.mean", explain.get("mean"), (count,))
+        _floats("stage1_explain.std", explain.get("std"), (count,), positive=True)
 
 
 def check_stage2(m: dict, n_sensors: int) -> None:
@@ -108,6 +120,18 @@ def check_stage2(m: dict, n_sensors: int) -> None:
         _floats("stage2_input.centre", extra["centre"], (n_sensors,))
     if extra.get("whiten") is not None:
         _floats("stage2_input.whiten", extra["whiten"], (n_sensors, n_sensors))
+        try:                                       # events map errors back to sensor units through its inverse
+            ok = bool(np.all(np.isfinite(np.linalg.inv(np.asarray(extra["whiten"], dtype=np.float64)))))
+        except np.linalg.LinAlgError:
+            ok = False
+        if not ok:
+            raise _fail("stage2_input.whiten", "an invertible matrix", "a singular one")
+    if extra.get("error_baseline") is not None:
+        _floats("stage2_input.error_baseline", extra["error_baseline"], (n_sensors,))
+        if min(extra["error_baseline"]) < 0:
+            raise _fail("stage2_input.error_baseline", "a list of errors >= 0", extra["error_baseline"])
+    if "energy" in extra and (_float("stage2_input.energy", extra["energy"]) < 0):
+        raise _fail("stage2_input.energy", "a number >= 0 (0: the reconstruction error alone)", extra["energy"])
 
 
 def check_thresholds(m: dict) -> None:
@@ -167,8 +191,36 @@ def check_variants(m: dict) -> None:
         check_adaptive({"threshold": v.get("threshold")})
 
 
+def check_profile(m: dict, n_sensors: int) -> None:
+    """The optional ``sensor_profile`` (runtime.sensor_health): low <= high per sensor, and each longest run a count."""
+    p = m.get("sensor_profile")
+    if p is None:
+        return
+    if not isinstance(p, dict):
+        raise _fail("sensor_profile", "an object with low, high and max_run", p)
+    _floats("sensor_profile.low", p.get("low"), (n_sensors,))
+    _floats("sensor_profile.high", p.get("high"), (n_sensors,))
+    if not all(lo <= hi for lo, hi in zip(p["low"], p["high"])):
+        raise _fail("sensor_profile", "low <= high for every sensor", p)
+    runs = p.get("max_run")
+    if not isinstance(runs, list) or len(runs) != n_sensors:
+        raise _fail("sensor_profile.max_run", "a list of %d counts" % n_sensors, runs)
+    for v in runs:
+        _int({}, "sensor_profile.max_run", 1, 2 ** 62, v)
+
+
+def check_persistence(m: dict) -> None:
+    p = m.get("persistence")
+    if p is None:
+        return
+    if not isinstance(p, dict) or set(p) != {"k", "n"}:
+        raise _fail("persistence", "an object with k and n", p)
+    n = _int(p, "persistence.n", 1, MAX_PERSISTENCE, p["n"])
+    _int(p, "persistence.k", 1, n, p["k"])
+
+
 def check_learning(m: dict) -> None:
-    """The "learning" field (``learn.LearnSpec``), when present: each setting an integer in its range."""
+    """The "learning" field (``learn.LearnSpec``), when present: each setting in its range."""
     try:
         LearnSpec.from_manifest(m)
     except ValueError as exc:
@@ -178,10 +230,12 @@ def check_learning(m: dict) -> None:
 def check_manifest(m: dict) -> None:
     """Refuse a manifest whose fields are missing, of the wrong type, or out of bounds."""
     n_sensors = check_sensors(m)
-    check_features(m)
+    check_profile(m, n_sensors)
+    check_features(m, n_sensors)
     check_stage2(m, n_sensors)
     check_thresholds(m)
     check_adaptive(m)
+    check_persistence(m)
     check_variants(m)
     check_learning(m)
     check_files(m)
@@ -193,10 +247,11 @@ def check_manifest(m: dict) -> None:
 # weights.npz: member names, dtypes and shapes from the .npy headers, before any data is read
 # --------------------------------------------------------------------------------------------------
 
-def npz_headers(path: str) -> Dict[str, Tuple[Tuple[int, ...], str]]:
-    """{array name: (shape, dtype string)} of an .npz, read from each member's header alone."""
+def npz_headers(path: str, source=None) -> Dict[str, Tuple[Tuple[int, ...], str]]:
+    """{array name: (shape, dtype string)} of an .npz, read from each member's header alone (from ``source``, a
+    binary file object of its bytes, when given; ``path`` names it)."""
     out = {}
-    with zipfile.ZipFile(path) as z:
+    with zipfile.ZipFile(source if source is not None else path) as z:
         members = z.infolist()
         if len(members) > 64:
             raise BundleError("%s holds %d arrays; a bundle's weights have at most 64" % (path, len(members)))
@@ -245,9 +300,10 @@ def expected_arrays(headers: Dict[str, Tuple[Tuple[int, ...], str]], n_sensors: 
     return out
 
 
-def check_weights(path: str, n_sensors: int) -> None:
-    """Refuse weights whose arrays are unknown, missing, or of the wrong dtype or shape, before reading their data."""
-    headers = npz_headers(path)
+def check_weights(path: str, n_sensors: int, source=None) -> None:
+    """Refuse weights whose arrays are unknown, missing, or of the wrong dtype or shape, before reading their data
+    (read from ``source``, a file object, when given)."""
+    headers = npz_headers(path, source)
     expected = expected_arrays(headers, n_sensors)
     unknown = sorted(set(headers) - set(expected))
     if unknown:

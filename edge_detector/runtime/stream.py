@@ -5,14 +5,16 @@
 
 read = scored + rejected, always. Time follows ``clock.Clock``'s rule. SIGTERM and SIGINT
 (``stop_signals``) finish the current line, flush, and end the stream with its counts. SIGHUP (and,
-with ``watch``, a change of the bundle path) swaps in a new bundle between two readings (``reload``).
+with ``watch``, a change of the bundle path) swaps in a new bundle between two readings (``reload``);
+``detect`` installs the handlers first thing (``SignalRelay``), before the bundle loads. Each reading's
+sensors are watched (``sensor_health``): a dead one is filled at most ``max_fill`` times, then reported and
+its readings rejected; a stuck one, and one that leaves the constant it held in training, are reported.
 """
 import contextlib
 import json
 import os
-import signal
 import sys
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
+from typing import Dict, Iterable, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -21,8 +23,11 @@ from .detector import Detector
 from .errors import InputError, check_choice
 from .events import OutputClosed, event_writer, line_sender
 from .engines import engine_notice
+from .checkpoint import open_checkpointer
 from .readings import Item, Notice, Reading, Rejected, byte_lines, read_lines
 from .reload import Reloader
+from .sensor_health import DEFAULT_MAX_FILL, SensorHealth, default_stuck_after
+from .signals import SignalRelay, Stopped, stop_signals  # noqa: F401 (stop_signals: the MQTT bridge's too)
 from .trust import Trust
 
 MISSING_POLICIES = ("reject", "hold-last", "interpolate")
@@ -34,25 +39,19 @@ class StreamPolicy(NamedTuple):
     max_pending: int = 100                    # interpolate: readings held back waiting for the next value
     max_jump: float = DEFAULT_MAX_JUMP_S      # seconds a reading's time may jump ahead of the last one; 0 = any
     max_streams: int = 1024                   # --stream-col: machines kept apart; a reading of one more is rejected
+    max_fill: int = DEFAULT_MAX_FILL          # readings in a row one sensor may be filled; then it is dead (0: no limit)
+    stuck_after: Optional[int] = None         # readings of one value before a sensor is stuck (None: auto; 0: never)
+
+
+# --stats: read = scored + rejected; warmup: scored readings in a warm-up; reloads: new bundles swapped in,
+# reloads_unchanged: reloads asked for that found the running bundle (nothing done), reloads_refused: bundles
+# refused; dead, stuck, departed: sensors reported so (sensor_health), each time it began
+STAT_KEYS = ("read", "scored", "rejected", "alarms", "filled", "resets", "warmup", "reloads", "reloads_unchanged",
+             "reloads_refused", "dead", "stuck", "departed")
 
 
 class _Shutdown(Exception):
     """SIGTERM/SIGINT arrived while waiting for input: stop between lines."""
-
-
-@contextlib.contextmanager
-def stop_signals(handler: Callable, reload: Optional[Callable] = None) -> Iterator[None]:
-    """Install ``handler`` for SIGTERM and SIGINT, and ``reload`` (when given) for SIGHUP, which then no longer
-    ends the process; for the duration, then restore the previous handlers. The one place that installs any."""
-    handlers = {signal.SIGTERM: handler, signal.SIGINT: handler}
-    if reload is not None and hasattr(signal, "SIGHUP"):
-        handlers[signal.SIGHUP] = reload
-    previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 class StreamScorer:
@@ -70,7 +69,9 @@ class StreamScorer:
         check_choice("missing-value policy", policy.missing, MISSING_POLICIES)
         self.detector, self.writer, self.err = detector, writer, err
         self.alarms_only, self.policy = alarms_only, policy
-        self.stats = {"read": 0, "scored": 0, "rejected": 0, "alarms": 0, "filled": 0, "resets": 0}
+        self.stats = dict.fromkeys(STAT_KEYS, 0)
+        self.health = SensorHealth(detector.sensors, policy.max_fill, _stuck_after(detector, policy),
+                                   detector.manifest.get("sensor_profile"))
         self.clock = Clock(policy.gap_factor, policy.max_jump)
         self._last_values: Optional[np.ndarray] = None
         self._pending: List[Reading] = []          # interpolate: readings waiting for a later value
@@ -87,10 +88,15 @@ class StreamScorer:
         self._note({"line": line_no, "error": reason})
 
     def _score(self, reading: Reading) -> None:
-        score = self.detector.score_one(reading.values)
+        try:                    # a bundle whose features need the time refuses a reading without one, by itself
+            score = self.detector.score_one(reading.values, None if reading.time_ns is None else reading.time_ns / 1e9)
+        except InputError as exc:
+            self.reject(reading.line, str(exc))
+            return
         self._last_values = reading.values
         self.stats["scored"] += 1
         self.stats["alarms"] += int(score.is_anomaly)
+        self.stats["warmup"] += int(score.warmup)
         if score.is_anomaly or not self.alarms_only:
             self.writer.write(reading, score)
 
@@ -117,6 +123,7 @@ class StreamScorer:
             return
         if tick.reset:
             self._reset(item, tick.notice)
+        self._check_health(item)
         missing = np.isnan(item.values)
         if not missing.any():
             if self._pending:
@@ -125,9 +132,25 @@ class StreamScorer:
             return
         self._feed_incomplete(item, missing)
 
+    def _check_health(self, reading: Reading) -> None:
+        for note in self.health.observe(reading.values):
+            if note.kind in self.stats:
+                self.stats[note.kind] += 1
+            if note.kind == "dead":
+                self.flush_pending()              # held back within the limit: filled with the last values
+            record = {"line": reading.line, "notice": note.text, "sensor": self.detector.sensors[note.sensor],
+                      "health": note.kind}
+            if reading.stream is not None:
+                record["stream"] = reading.stream
+            self._note(record)
+
     def _feed_incomplete(self, reading: Reading, missing: np.ndarray) -> None:
         names = ", ".join(self.detector.sensors[k] for k in np.flatnonzero(missing))
-        if self.policy.missing == "reject":
+        dead = self.health.dead_among(missing)
+        if dead:
+            self.reject(reading.line, "missing value in %s: sensor %s reported dead (no value for over %d readings), "
+                        "not filled" % (names, ", ".join(self.detector.sensors[k] for k in dead), self.policy.max_fill))
+        elif self.policy.missing == "reject":
             self.reject(reading.line, "missing value in %s" % names)
         elif self._last_values is None:
             self.reject(reading.line, "missing value in %s and no earlier reading to fill it from" % names)
@@ -158,8 +181,10 @@ class StreamScorer:
 
     def use(self, detector: Detector) -> None:
         """Score from the next reading on with ``detector`` (a new bundle: its own warm-up starts). The clock,
-        the last values, the held-back readings and the counts carry over: nothing is lost or scored twice."""
+        the last values, the held-back readings, the sensors' health and the counts carry over: nothing is lost or
+        scored twice."""
         self.detector = detector
+        self.health.train(detector.manifest.get("sensor_profile"))
 
     def run(self, items: Iterable[Item], reloader: Optional[Reloader] = None) -> Dict[str, int]:
         """Score every item; returns the counts. Stops cleanly after ``stopping`` is set. With ``reloader``, a
@@ -216,11 +241,13 @@ class StreamRouter(StreamScorer):
                  policy: StreamPolicy = StreamPolicy()):
         super().__init__(detector, writer, err, alarms_only, policy)
         self.routes: Dict[str, StreamScorer] = {}
+        self.restored: Dict[str, Detector] = {}     # from a checkpoint, for streams not seen yet (checkpoint.py)
 
     def route(self, key: str) -> Optional[StreamScorer]:
         """The key's scorer (made on its first reading), or None when no more streams may be kept."""
         if key not in self.routes and len(self.routes) < self.policy.max_streams:
-            self.routes[key] = StreamScorer(self.detector.fork(), self.writer, self.err, self.alarms_only, self.policy)
+            detector = self.restored.pop(key, None) or self.detector.fork()
+            self.routes[key] = StreamScorer(detector, self.writer, self.err, self.alarms_only, self.policy)
         return self.routes.get(key)
 
     def feed(self, item: Item) -> None:
@@ -242,6 +269,8 @@ class StreamRouter(StreamScorer):
         """A new bundle for every stream: each one's detector becomes a fork of it (a warm-up each), and a stream
         seen later forks it too; each stream's clock, held-back readings and counts carry over."""
         self.detector = detector
+        self.restored = {}                           # another bundle's learnt state
+        self.health.train(detector.manifest.get("sensor_profile"))
         for scorer in self.routes.values():
             scorer.use(detector.fork())
 
@@ -264,10 +293,16 @@ class StreamRouter(StreamScorer):
         return out
 
 
+def _stuck_after(detector: Detector, policy: StreamPolicy) -> int:
+    if policy.stuck_after is not None:
+        return policy.stuck_after
+    return default_stuck_after(detector.warmup, detector.manifest.get("sensor_profile"))
+
+
 def run_stream(detector: Detector, lines: Iterable, out, err, alarms_only: bool = False,
                policy: StreamPolicy = StreamPolicy(), stop_on_signals: bool = False,
                output_format: str = "jsonl", stream_col: Optional[str] = None,
-               reloader: Optional[Reloader] = None) -> Dict[str, int]:
+               reloader: Optional[Reloader] = None, relay: Optional[SignalRelay] = None) -> Dict[str, int]:
     """Score a CSV or JSON Lines stream; events to ``out``, rejected lines to ``err``; returns the counts.
 
     ``lines`` are bytes (as ``byte_lines`` reads them) or text. ``stream_col`` names the column (or
@@ -277,14 +312,21 @@ def run_stream(detector: Detector, lines: Iterable, out, err, alarms_only: bool 
     With ``stop_on_signals``, SIGTERM and SIGINT end the stream cleanly: the current line is
     finished and flushed, and the counts come back as usual. With ``reloader`` (``reload.Reloader``, which
     loaded ``detector``), a new bundle is swapped in between two readings when asked: SIGHUP (with
-    ``stop_on_signals``), or a change of the bundle path when it watches; notices go to ``err``.
+    ``stop_on_signals``), or a change of the bundle path when it watches; notices go to ``err``; with the
+    reloader's checkpointer, the learnt state is restored before the first reading, checkpointed at a bounded
+    rate and at the end. With ``relay`` (installed by the caller before the bundle loaded), its handlers stop
+    this stream instead of ``stop_on_signals``'s.
     """
     writer = event_writer(output_format, line_sender(out), detector.sensors)
     scorer = (StreamRouter if stream_col else StreamScorer)(detector, writer, err, alarms_only, policy)
     items = read_lines(lines, detector.sensors, stream_col)
     reload = reloader.request if reloader is not None else None
-    with stop_signals(scorer.handle_signal, reload) if stop_on_signals else contextlib.nullcontext():
+    if relay is not None:
+        relay.attach(scorer)
+    with stop_signals(scorer.handle_signal, reload) if stop_on_signals and relay is None else contextlib.nullcontext():
         stats = scorer.run(items, reloader)
+        if reloader is not None:
+            reloader.finish(scorer, scorer._note)
     if scorer.output_closed and out is sys.stdout:
         # nothing more can reach the reader; keep the interpreter's last flush from complaining
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -322,7 +364,7 @@ def _open_output(path: str):
 def detect(bundle: str, source: str = "-", out: str = "-", err=None, engine: str = "numpy", mode: str = "hybrid",
            alarms_only: bool = False, policy: StreamPolicy = StreamPolicy(),
            output_format: str = "jsonl", trust: Optional[Trust] = None, variant: Optional[str] = None,
-           stream_col: Optional[str] = None, watch: bool = False) -> Dict[str, int]:
+           stream_col: Optional[str] = None, watch: bool = False, checkpoint_dir: Optional[str] = None) -> Dict[str, int]:
     """Load ``bundle`` and score the readings in ``source`` (a path, or "-" for stdin); returns the counts.
 
     Events go to ``out`` (a path, or "-" for stdout), rejected lines and notices to ``err``
@@ -331,14 +373,27 @@ def detect(bundle: str, source: str = "-", out: str = "-", err=None, engine: str
     than the last one accepted. SIGHUP, and with ``watch`` a change of the bundle folder or its
     manifest.json (a stat about once a second, between readings), loads the bundle again with the
     same arguments and swaps it in between two readings; one that does not verify is refused with
-    a notice and the old one keeps scoring (``reload.Reloader``). Raises BundleError for a bundle
-    that does not verify at the start, InputError for an input path that cannot be read, OSError
-    for an output path that cannot be written; no input line can raise.
+    a notice and the old one keeps scoring (``reload.Reloader``); an unchanged one (the same manifest
+    bytes) costs nothing. The signal handlers are installed before the bundle loads: a SIGHUP then is
+    acted on once the stream runs, a SIGTERM ends it at once with nothing scored. With ``checkpoint_dir``
+    (the state folder) the learnt state is checkpointed there and restored at the next start of the same
+    bundle (``checkpoint``). Raises BundleError for a bundle that does not verify at the start, InputError
+    for an input path that cannot be read, OSError for an output path that cannot be written; no input
+    line can raise.
     """
-    reloader = Reloader(bundle, engine=engine, mode=mode, trust=trust, variant=variant, watch=watch)
-    detector = reloader.load()
     err = err if err is not None else sys.stderr
-    if engine_notice(engine):
-        err.write(json.dumps({"notice": engine_notice(engine)}) + "\n")
-    with open_input(source) as src, _open_output(out) as dst:
-        return run_stream(detector, src, dst, err, alarms_only, policy, True, output_format, stream_col, reloader)
+    reloader = Reloader(bundle, engine=engine, mode=mode, trust=trust, variant=variant, watch=watch,
+                        checkpointer=open_checkpointer(checkpoint_dir, bundle))
+    relay = SignalRelay(reloader.request)
+    with relay.installed():
+        try:
+            detector = reloader.load()
+        except Stopped:
+            err.write(json.dumps({"notice": "stopped by a signal while the bundle loaded: nothing scored"}) + "\n")
+            return dict.fromkeys(STAT_KEYS, 0)
+        relay.started()
+        if engine_notice(engine):
+            err.write(json.dumps({"notice": engine_notice(engine)}) + "\n")
+        with open_input(source) as src, _open_output(out) as dst:
+            return run_stream(detector, src, dst, err, alarms_only, policy, True, output_format, stream_col,
+                              reloader, relay)

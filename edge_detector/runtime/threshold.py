@@ -15,7 +15,10 @@ same bundle begins from the same state; batch and streaming forms run this same 
 """
 import bisect
 import collections
+import math
 from typing import List, NamedTuple, Sequence
+
+import numpy as np
 
 from .errors import check_choice
 
@@ -87,6 +90,40 @@ class Threshold:
             del self._sorted[bisect.bisect_left(self._sorted, old)]
         self._recent.append(score)
         bisect.insort(self._sorted, score)
+
+    def state(self) -> dict:
+        """What it learnt: ``{"recent": [history] float64}``, the scores that did not alarm, oldest first (the
+        whole of an adaptive threshold's state; a static one learns nothing: ``{}``).
+
+        >>> t = Threshold(ThresholdSpec("adaptive", 0.5, 3, 1.0, (1.0, 2.0)), tau2=1.0)
+        >>> u = Threshold(t.spec, tau2=1.0); _ = t.exceeded(1.5); u.restore(t.state()); u.value == t.value
+        True
+        """
+        if not self.adaptive:
+            return {}
+        return {"recent": np.array(self._recent, dtype=np.float64)}
+
+    def restore(self, state: dict) -> None:
+        """Take back ``state()``'s dict; ValueError naming the rule when it cannot be this threshold's (then the
+        threshold is unchanged): more scores than its history holds, or a score that is not finite."""
+        if not self.adaptive:
+            if state:
+                raise ValueError("threshold state given to a static threshold")
+            return
+        recent = state.get("recent") if isinstance(state, dict) else None
+        try:
+            values = [float(v) for v in np.asarray(recent, dtype=np.float64).reshape(-1)]
+        except (TypeError, ValueError):
+            raise ValueError("threshold state: 'recent' is not a list of numbers") from None
+        if len(values) > self._recent.maxlen:
+            raise ValueError("threshold state holds %d scores, more than the history of %d"
+                             % (len(values), self._recent.maxlen))
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("threshold state holds a score that is not finite")
+        self._recent.clear()
+        self._sorted = []
+        for v in values:
+            self._accept(v)
 
     def exceeded(self, score: float) -> bool:
         """Whether ``score`` alarms; a score that does not enters the adaptive history."""

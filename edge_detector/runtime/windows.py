@@ -5,11 +5,13 @@ Keras and the parity gate see the same windows:
 
     raw readings [batch, span, sensors] -> smooth -> centre -> scale or whiten -> [batch, W, sensors]
     -> clip -> reconstruct (an engine) -> squared error of the newest ``tail`` steps -> score [batch]
+    (with ``energy`` > 0: max(that error, energy x the window's own energy), runtime/energy.py)
 """
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from .energy import combine
 from .errors import check_choice
 
 REDUCTIONS = ("max", "mean")
@@ -29,6 +31,13 @@ class WindowTransform(NamedTuple):
       sensors, so a broken relation between them stands out.
     - ``reduce`` "max": a window's score is its worst sensor's error; "mean": the mean over
       sensors (for many correlated sensors, where a real fault moves several at once).
+    - ``energy`` w > 0: the score is max(error, w x the prepared window's own energy), so a shift
+      that the autoencoder reconstructs well still scores (runtime/energy.py); 0: the error alone.
+    - ``baseline`` None: each sensor's share of a window's error is its share of the error the
+      autoencoder sees (in training scales), so a fault of the same size in every sensor's own
+      units looks largest on the quietest sensor. A vector (each sensor's mean squared error on
+      the normal calibration windows, in the sensor's own units): the share is each sensor's
+      error in its own units above that normal error (``sensor_shares``).
     """
     window: int
     scale: np.ndarray                      # [sensors]
@@ -38,6 +47,8 @@ class WindowTransform(NamedTuple):
     centre: Optional[np.ndarray] = None    # [sensors]
     whiten: Optional[np.ndarray] = None    # [sensors, sensors]
     reduce: str = "max"
+    energy: float = 0.0                    # weight of the input's energy in the score (0: off)
+    baseline: Optional[np.ndarray] = None  # [sensors]
 
     @property
     def span(self) -> int:
@@ -53,11 +64,15 @@ class WindowTransform(NamedTuple):
         smooth = int(extra.get("smooth", 1))
         if smooth < 1:
             raise ValueError("stage2_input.smooth is %d; it must be >= 1" % smooth)
-        centre, whiten = extra.get("centre"), extra.get("whiten")
+        centre, whiten, baseline = extra.get("centre"), extra.get("whiten"), extra.get("error_baseline")
+        energy = float(extra.get("energy", 0.0))
+        if not energy >= 0.0:
+            raise ValueError("stage2_input.energy is %r; it must be >= 0" % energy)
         return cls(window=int(m["window"]), scale=np.asarray(m["scale"], dtype=np.float64), tail=int(m["tail"]),
-                   clip=float(m["clip"]), smooth=smooth, reduce=reduce,
+                   clip=float(m["clip"]), smooth=smooth, reduce=reduce, energy=energy,
                    centre=None if centre is None else np.asarray(centre, dtype=np.float64),
-                   whiten=None if whiten is None else np.asarray(whiten, dtype=np.float64))
+                   whiten=None if whiten is None else np.asarray(whiten, dtype=np.float64),
+                   baseline=None if baseline is None else np.asarray(baseline, dtype=np.float64))
 
 
 def windows_at(values: np.ndarray, ends: np.ndarray, span: int) -> np.ndarray:
@@ -104,21 +119,58 @@ def prepare_windows(windows: np.ndarray, transform: WindowTransform) -> np.ndarr
     return z.astype(np.float32)
 
 
-def reconstruction_error(x: np.ndarray, recon: np.ndarray, tail: int,
-                         reduce: str = "max") -> Tuple[np.ndarray, np.ndarray]:
-    """Stage-2 score of each window and each sensor's share of its error.
+def _normalised(v: np.ndarray) -> np.ndarray:
+    # [b, s] >= 0 -> each row divided by its sum (a row of zeros stays zeros)
+    total = v.sum(axis=1, keepdims=True)
+    return np.divide(v, total, out=np.zeros_like(v), where=total > 0)
+
+
+def sensor_units_error(residual: np.ndarray, transform: WindowTransform) -> np.ndarray:
+    """Each sensor's mean squared residual over the tail, in the sensor's own units (smoothed, as stage 2 sees it):
+    [batch, tail, sensors] residuals in the autoencoder's scales -> [batch, sensors]."""
+    if transform.whiten is None:
+        raw = residual * transform.scale
+    else:
+        raw = residual @ np.linalg.inv(transform.whiten)          # z = centred @ whiten, so centred = z @ inv
+    return (raw ** 2).mean(axis=1)
+
+
+def sensor_shares(residual: np.ndarray, transform: WindowTransform) -> np.ndarray:
+    """Each sensor's share of a window's error: [batch, tail, sensors] residuals -> [batch, sensors], rows summing
+    to 1 (0 where there is no error at all).
+
+    With a ``baseline`` the share is the sensor's error in its own units above its own normal error, so
+    equal faults (the same shift in every sensor's units) get about equal shares, and a sensor whose error
+    is no larger than on normal windows gets none. (A z-score of each sensor's error, tried first, kept
+    the quietest sensor on top: a shift of 5 is 20 of its noise's sigmas and 5 of a noisier one's.)
+    Where no sensor is above its normal error, the shares fall back to the errors themselves.
+
+    >>> t = WindowTransform(window=2, scale=np.array([1.0, 10.0]), baseline=np.array([0.0, 0.0]))
+    >>> sensor_shares(np.array([[[1.0, 0.1]]]), t)      # the same 1 unit of error in each sensor's units
+    array([[0.5, 0.5]])
+    """
+    if transform.baseline is None:
+        return _normalised((residual ** 2).mean(axis=1))
+    err = sensor_units_error(residual, transform)                                  # [b, s]
+    excess = np.maximum(err - transform.baseline, 0.0)
+    quiet = excess.sum(axis=1) <= 0
+    excess[quiet] = err[quiet]
+    return _normalised(excess)
+
+
+def reconstruction_error(x: np.ndarray, recon: np.ndarray, transform: WindowTransform) -> Tuple[np.ndarray, np.ndarray]:
+    """Stage-2 score of each window and each sensor's share of its error (``sensor_shares``).
 
     Only the last ``tail`` steps count: the score belongs to the newest reading, so an old
     spike that is still inside the window does not keep raising alarms. The score is the
     worst sensor's error (``reduce="max"``) or the mean over sensors (``"mean"``).
     [batch, time, sensors] x2 -> score [batch], shares [batch, sensors]; higher = more anomalous.
     """
-    err = (np.asarray(x, dtype=np.float64)[:, -tail:] - recon[:, -tail:]) ** 2   # [b, tail, s]
-    per_sensor = err.mean(axis=1)                                                 # [b, s]
-    score = per_sensor.max(axis=1) if reduce == "max" else per_sensor.mean(axis=1)   # [b]
-    total = per_sensor.sum(axis=1, keepdims=True)
-    shares = np.divide(per_sensor, total, out=np.zeros_like(per_sensor), where=total > 0)
-    return score, shares
+    tail = transform.tail
+    residual = np.asarray(x, dtype=np.float64)[:, -tail:] - recon[:, -tail:]      # [b, tail, s]
+    per_sensor = (residual ** 2).mean(axis=1)                                       # [b, s]
+    score = per_sensor.max(axis=1) if transform.reduce == "max" else per_sensor.mean(axis=1)   # [b]
+    return score, sensor_shares(residual, transform)
 
 
 def stage2_scores(x: np.ndarray, reconstruct, transform: WindowTransform) -> Tuple[np.ndarray, np.ndarray]:
@@ -131,7 +183,10 @@ def stage2_scores(x: np.ndarray, reconstruct, transform: WindowTransform) -> Tup
     size in the score. [batch, W, sensors] -> score [batch], shares [batch, sensors]
     """
     clip = transform.clip
-    return reconstruction_error(x, reconstruct(np.clip(x, -clip, clip)), transform.tail, transform.reduce)
+    score, shares = reconstruction_error(x, reconstruct(np.clip(x, -clip, clip)), transform)
+    if transform.energy > 0:
+        return combine(score, shares, x, transform.tail, transform.energy)
+    return score, shares
 
 
 def window_scores(windows: np.ndarray, reconstruct, transform: WindowTransform) -> Tuple[np.ndarray, np.ndarray]:

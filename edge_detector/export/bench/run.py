@@ -75,7 +75,7 @@ def load_inputs(bundle: str, data_csv: str, test_fraction: float) -> Inputs:
     start = min(max(split_start(n, test_fraction), probe.span - 1), n - 1)
     prime_from = max(0, start - probe.warmup)
     labels = data.labels[start:] if data.labels is not None else None
-    feats = batch_features(values, probe.spec)[start:]                                  # [test, F], float64
+    feats = batch_features(values, probe.spec, data.seconds)[start:]                    # [test, F], float64
     x_test = prepare_windows(windows_at(values, np.arange(start, n), probe.span), probe.transform)  # [test, W, s]
     n_trees = int(probe.stage1.tables["roots"].size) if probe.stage1.name == "numpy" else None
     return Inputs(bundle, manifest, values, probe, start, prime_from, labels, feats, x_test, n_trees)
