@@ -149,8 +149,7 @@ class Detector:
         self.bundle_id = bundle.bundle_id                    # sha256 of manifest.json's bytes (checkpoint.py)
         if learning is not None:
             self.learn_spec = self.learn_spec._replace(enabled=bool(learning))
-        # learning: stage 1 runs the NumPy forest it learns, whatever the engine (the same bits everywhere)
-        self.forest_arrays = forest_arrays(bundle.arrays) if self.learn_spec.enabled else None
+        self.forest_arrays = forest_arrays(bundle.arrays) if self.learn_spec.enabled else None   # learnt in NumPy
         self.n_features = len(feature_names(self.spec, self.sensors))
         self.stream_state = StreamState(self)
 
@@ -201,10 +200,7 @@ class Detector:
     def threshold(self) -> Threshold:
         return self.stream_state.threshold
 
-    @property
-    def learning(self) -> bool:
-        """Whether this detector's streams learn stage 1 as they run (``learn``)."""
-        return self.learn_spec.enabled
+    learning = property(lambda self: self.learn_spec.enabled, doc="Whether streams learn stage 1 (``learn``).")
 
     @property
     def count(self) -> int:
@@ -231,10 +227,10 @@ class Detector:
         unknown = sorted(set(state) - {"threshold", "learner"})
         if unknown:
             raise ValueError("state for components this detector does not have: %s" % ", ".join(unknown))
-        if "learner" in state and self.stream_state.learner is None:
-            raise ValueError("learner state given to a detector that does not learn")
-        if "learner" in state:
-            self.stream_state.learner.restore(state["learner"])       # checked whole before anything changes
+        if "learner" in state:                      # checked whole before anything changes (ValueError)
+            if self.stream_state.learner is None:
+                raise ValueError("learner state given to a detector that does not learn")
+            self.stream_state.learner.restore(state["learner"])
         if "threshold" in state:
             self.stream_state.threshold.restore(state["threshold"])
 
