@@ -100,23 +100,35 @@ def row_rewards(n: int, windows: Sequence[Tuple[int, int]], profile: dict) -> Tu
     return reward, window_of
 
 
+class FileScorer:
+    """One file's NAB scorer under one profile, its per-row rewards computed once: ``score(detections)``."""
+
+    def __init__(self, windows: Sequence[Tuple[int, int]], n: int, profile: dict):
+        self.profile = profile
+        self.reward, self.window_of = row_rewards(n, windows, profile)
+        self.scored = np.arange(n) >= probationary_length(n)
+        self.in_window = self.window_of >= 0
+        self.live = sorted({int(w) for w in self.window_of[self.scored & self.in_window]})
+        self._outside = self.scored & ~self.in_window
+
+    def score(self, detections: np.ndarray) -> FileScore:
+        detections = np.asarray(detections, dtype=bool)
+        hits = detections & self.scored
+        raw = float(np.sum(self.reward[hits & ~self.in_window]))
+        for w in self.live:
+            hit = hits & (self.window_of == w)
+            raw += float(self.reward[hit].max()) if hit.any() else -self.profile["fnWeight"]
+        tp = int(np.sum(hits & self.in_window))
+        fp = int(np.sum(hits & ~self.in_window))
+        fn = int(np.sum(~detections & self.scored & self.in_window))
+        tn = int(np.sum(~detections & self._outside))
+        return FileScore(raw, tp, tn, fp, fn, len(self.live), -self.profile["fnWeight"] * len(self.live))
+
+
 def score_file(detections: np.ndarray, windows: Sequence[Tuple[int, int]], profile: dict) -> FileScore:
     """One file's NAB score: detections [n] bool (score >= threshold), windows as row index pairs."""
     detections = np.asarray(detections, dtype=bool)
-    n = detections.size
-    reward, window_of = row_rewards(n, windows, profile)
-    scored = np.arange(n) >= probationary_length(n)
-    in_window = window_of >= 0
-    live = sorted({int(w) for w in window_of[scored & in_window]})
-    raw = float(np.sum(reward[detections & scored & ~in_window]))
-    for w in live:
-        hit = detections & scored & (window_of == w)
-        raw += float(reward[hit].max()) if hit.any() else -profile["fnWeight"]
-    tp = int(np.sum(detections & scored & in_window))
-    fp = int(np.sum(detections & scored & ~in_window))
-    fn = int(np.sum(~detections & scored & in_window))
-    tn = int(np.sum(~detections & scored & ~in_window))
-    return FileScore(raw, tp, tn, fp, fn, len(live), -profile["fnWeight"] * len(live))
+    return FileScorer(windows, detections.size, profile).score(detections)
 
 
 def normalised(scores: Sequence[FileScore], windows_total: int, profile: dict) -> float:

@@ -97,6 +97,8 @@ PRESET = "rig"
 CALIBRATION_FAR = 0.10
 # Used only when --data holds no normal-only CSV (for example a folder of other SKAB files):
 # what calibrate_margins measured on ../shared/data/skab on 2026-11-24 (benchmarks/README.md).
+REUSE = False           # --reuse: score the bundles a previous run left in --workdir (the same seed trains the same)
+LIMIT = None            # --limit N: the first N labelled files only
 DEFAULT_MARGINS = {"tau2_margin": 1.55, "t2_margin": 7.199}
 FIT_ROWS = 300          # rows 0..299 fit the models; rows 300..399 calibrate thresholds and early stopping
 
@@ -283,12 +285,13 @@ def score_dataset(data, name: str, workdir: str, modes: Sequence[str], engine: s
                    data.timestamps[:TRAIN_ROWS] if data.timestamps else None, None, None)
     model_dir, bundle = os.path.join(workdir, "model"), os.path.join(workdir, "bundle")
     t0 = time.time()
-    train(head, model_dir, skab_config(seed, overrides), progress=None)
-    export_bundle(model_dir, head, bundle, progress=None, fast_conversion=True)   # as a fleet: one conversion per worker
+    if not (REUSE and os.path.isfile(os.path.join(bundle, "manifest.json"))):     # --reuse: a bundle already there
+        train(head, model_dir, skab_config(seed, overrides), progress=None)
+        export_bundle(model_dir, head, bundle, progress=None, fast_conversion=True)   # as a fleet: one conversion per worker
     labels = data.labels[TRAIN_ROWS:] if data.labels is not None else np.zeros(n - TRAIN_ROWS, dtype=bool)
     out = {"labels": labels, "rows": n, "train_seconds": time.time() - t0}
-    for mode in modes:
-        detector = Detector.load(bundle, engine=engine, mode=mode)
+    for mode in modes:               # "hybrid+learning": the same bundle, learning on the device (runtime.learn)
+        detector = Detector.load(bundle, engine=engine, mode=mode.split("+")[0], learning="+learning" in mode)
         if stream:          # one reading at a time, exactly as on the gateway
             scores = Scores.stack([detector.score_one(row) for row in data.values], detector.sensors)
         else:               # the batch form: same results as the stream, faster
@@ -327,7 +330,7 @@ def table(pooled: Dict[str, dict], n_files: int) -> str:
     lines = [head, "-" * len(head)]
     rows = [(name, f1, far, mar, "    -       -    leaderboard (34 files)") for name, f1, far, mar in LEADERBOARD]
     for key, m in pooled.items():
-        name = MODE_NAMES[key]
+        name = MODE_NAMES.get(key) or MODE_NAMES[key.split("+")[0]] + " + learning"
         a = "   n/a " if m["roc_auc"] is None else "%7.3f" % m["roc_auc"]
         rows.append((name, m["f1"], m["far"], m["mar"], "%s %5.1f%%  this run (%d files)"
                      % (a, 100 * m["stage2_share"], n_files)))
@@ -348,7 +351,7 @@ def per_file_table(per_file: Dict[str, dict], keys: Sequence[str]) -> str:
 def run(data_dir: str, modes: Sequence[str], engine: str = "numpy", seed: int = 0, overrides: Optional[dict] = None,
         workdir: Optional[str] = None, stream: bool = False, progress=print, jobs: int = 1,
         margins: Optional[dict] = None) -> dict:
-    files = find_labelled(data_dir)
+    files = find_labelled(data_dir)[:LIMIT]
     if not files:
         raise SystemExit("no labelled CSV (with an 'anomaly' column) under %s" % data_dir)
     own = workdir is None
@@ -426,14 +429,22 @@ def main(argv=None) -> int:
                         help="files trained in parallel, one process each (default: 2 where there are 2 cores; "
                         "every file's model is seeded, so the figures do not depend on it)")
     parser.add_argument("--stream", action="store_true", help="score with score_one, reading by reading")
+    parser.add_argument("--learning", choices=("off", "on", "both"), default="off",
+                        help="stage 1 learns on the device as it streams (runtime.learn); both: each mode twice")
     parser.add_argument("--scores", default=None, metavar="NPZ",
                         help="also save every test row's label, alarm, score and stage-2 flag per mode (for analysis)")
     parser.add_argument("--workdir", default=None, help="keep the models and bundles here (default: a temp dir)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="override a TrainConfig field for every file (e.g. --set window=30)")
+    parser.add_argument("--reuse", action="store_true", help="score the bundles already in --workdir (with --jobs 1)")
+    parser.add_argument("--limit", type=int, default=None, help="the first N labelled files only (said in the JSON)")
     args = parser.parse_args(argv)
+    global REUSE, LIMIT
+    REUSE, LIMIT = args.reuse, args.limit
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")     # the worker processes inherit it
     modes = ["hybrid", "lstm", "iforest"] if args.mode == "all" else [args.mode]
+    modes = {"off": modes, "on": [m + "+learning" for m in modes],
+             "both": [m + s for m in modes for s in ("", "+learning")]}[args.learning]
     overrides = dict(_parse_override(s) for s in args.set)
     report = run(args.data, modes, args.engine, args.seed, overrides, args.workdir, args.stream,
                  progress=lambda m: print(m, file=sys.stderr, flush=True), jobs=args.jobs)

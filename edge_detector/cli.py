@@ -267,8 +267,12 @@ def train(data, out, sensors, label_col, timestamp_col, preset, seed, window, ep
               help="Comma-separated stage-2 variants to add beside float32: none, float16 (half the size), dynamic "
               "(int8 weights), int8 (full integer, calibrated on normal windows). Each gets its own threshold and "
               "a parity gate on decisions; one that does not convert is named and left out.")
+@click.option("--learning/--no-learning", default=False, show_default=True,
+              help="The gateway keeps learning normal operation as it streams: stage 1's forest follows the readings "
+              "it judged normal (never while an alarm lasts). Off by default: see README, Learning on the device.")
 @verbose_option
-def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col, sign_key, bundle_version, quantize, verbose):
+def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col, sign_key, bundle_version, quantize, learning,
+               verbose):
     """Convert a model folder to a bundle: TFLite, ONNX, NumPy weights and a manifest.
 
     Refuses to write anything if an engine misses parity with the originals.
@@ -281,7 +285,8 @@ def export_cmd(model_dir, out, data, sensors, label_col, timestamp_col, sign_key
     from edge_detector.export.convert import export_model  # noqa: PLC0415
     with reported(InputError, _parity_error()):
         export_model(model_dir, out, data, _names(sensors), label_col, timestamp_col, progress=_echo_err,
-                     sign_key=sign_key, version=bundle_version, verbose=verbose, quantize=_quantizations(quantize))
+                     sign_key=sign_key, version=bundle_version, verbose=verbose, quantize=_quantizations(quantize),
+                     learning=learning)
     click.echo("bundle written to %s" % out)
 
 

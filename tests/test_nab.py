@@ -75,10 +75,36 @@ def test_one_series_streams_through_the_runtime_and_scores(tmp_path):
     if not (NAB / rel).is_file():
         pytest.skip("NAB data not found at %s (set EDGE_DETECTOR_SHARED)" % NAB)
     r = nab.detect_file(str(NAB / rel), str(tmp_path), seed=0)
-    n = r["alarms"].size
-    assert n == 4032 and r["train_rows"] == 604
-    assert r["detections"].sum() <= r["alarms"].sum() and r["detections"].any()
+    n = r["alarm"].size
+    assert n == 4032 and r["train_rows"] == 604 and r["ratio"].shape == (n,)
+    assert r["detections"].sum() <= r["alarm"].sum() and r["detections"].any()
     labels = load_benchmark("nab_scoring").load_windows(str(NAB / "labels" / "combined_windows.json"))
-    result = nab.score_all({rel: r["detections"]}, str(NAB), labels)
+    result = nab.score_all({rel: r["detections"]}, nab.scorers([rel], str(NAB), labels), labels)
     assert set(result["score"]) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
-    assert -1000 < result["score"]["standard"] <= 100
+    assert -1000 < result["score"]["standard"] <= 100 and set(result["per_category"]) == {"AWS"}
+
+
+def test_the_short_series_that_stopped_the_run_is_scored(tmp_path):
+    # iio_us-east-1 NetworkIn: 1,243 rows, a probation of 186 (train refused window 50 on it): a window that
+    # fits, and the stage-1 start (NumPy alone) scores it, learning or not
+    nab = load_benchmark("nab")
+    rel = "realAWSCloudwatch/iio_us-east-1_i-a2eb1cd9_NetworkIn.csv"
+    if not (NAB / rel).is_file():
+        pytest.skip("NAB data not found at %s (set EDGE_DETECTOR_SHARED)" % NAB)
+    assert nab.fitting_window(186) == 19 and nab.fitting_window(750) == 50
+    for learning in (False, True):
+        r = nab.detect_file(str(NAB / rel), str(tmp_path), mode="stage1", learning=learning)
+        assert r["alarm"].size == 1243 and r["train_rows"] == 186 and np.isfinite(r["ratio"]).all()
+
+
+def test_nab_protocol_picks_the_threshold_the_labels_reward(tmp_path):
+    nab = load_benchmark("nab")
+    ns = load_benchmark("nab_scoring")
+    n = 2000
+    windows = {"a/x.csv": [(1000, 1099)]}
+    scoring = {p: {"a/x.csv": ns.FileScorer(windows["a/x.csv"], n, prof)} for p, prof in ns.PROFILES.items()}
+    ratio = np.full(n, 0.5)
+    ratio[[400, 800, 1600]] = 1.5                  # three false alarms at 1.5 ...
+    ratio[1010] = 2.0                              # ... and the window's reading at 2.0
+    best = nab.optimise({"a/x.csv": ratio}, {"a/x.csv": 50}, scoring, {"a/x.csv": [("s", "e")]})
+    assert 1.5 < best["standard"]["threshold"] <= 2.0 and best["standard"]["score"] > 90

@@ -177,6 +177,40 @@ def test_export_refuses_a_bundle_that_misses_parity(trained, synthetic, tmp_path
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".bundle-*"))
 
 
+def _parity(originals, synthetic, engine):
+    from edge_detector.export.convert import check_stage2_parity
+    data, _ = synthetic
+    return check_stage2_parity(originals, np.asarray(data.values, dtype=np.float64), {"numpy": engine}, None)
+
+
+def test_parity_gate_passes_float_noise_far_from_the_threshold(originals, synthetic):
+    # Issue 21 case 18: a real NAB series was refused for 1.95e-4 relative on a score well below tau2.
+    # An engine off by 3e-4 of every score below a quarter of tau2 decides exactly as Keras: main refused it.
+    from edge_detector.export.convert import keras_weights
+    from edge_detector.runtime.engines import numpy_stage2
+    engine = numpy_stage2(keras_weights(originals.keras))
+    tau2 = originals.meta["thresholds"]["tau2"]
+
+    def noisy(x):
+        recon = engine(x)
+        score = ((x[:, -1] - recon[:, -1]) ** 2).max(axis=1)          # [batch]: the error the score reads
+        low = score < 0.25 * tau2
+        return np.where(low[:, None, None], x + (recon - x) * np.sqrt(1 + 3e-4), recon).astype(np.float32)
+    report = _parity(originals, synthetic, noisy)
+    assert 0 < report["stage2_numpy_max_rel_error"] < 1e-4 and report["stage2_numpy_decisions_flipped"] == 0
+
+
+def test_parity_gate_refuses_a_wrong_engine(originals, synthetic):
+    from edge_detector.export.convert import ParityError, keras_weights
+    from edge_detector.runtime.engines import numpy_stage2
+    from edge_detector.runtime.lstm import DENSE_LAYERS
+    arrays = keras_weights(originals.keras)
+    key = DENSE_LAYERS[-1] + "/kernel"
+    arrays[key] = arrays[key] * 1.01                                # the output layer's weights 1% off
+    with pytest.raises(ParityError, match="stage 2 numpy engine"):
+        _parity(originals, synthetic, numpy_stage2(arrays))
+
+
 def test_training_is_deterministic(synthetic, trained, tmp_path):
     from edge_detector.export.data import load_csv
     from edge_detector.export.train import train

@@ -48,15 +48,16 @@ def point_metrics(labels: np.ndarray, alarms: np.ndarray, scores: np.ndarray,
 
 
 def evaluate(bundle: str, data: Dataset, start: int = 0, engine: str = "numpy", model_dir: Optional[str] = None,
-             modes: Sequence[str] = MODES) -> Dict[str, dict]:
-    """Metrics per mode on rows [start:], plus LOF when a model folder is given."""
+             modes: Sequence[str] = MODES, learning: Optional[bool] = None) -> Dict[str, dict]:
+    """Metrics per mode on rows [start:], plus LOF when a model folder is given. ``learning`` turns the device's
+    learning (runtime.learn) on or off (default: as the bundle says)."""
     if data.labels is None:
         raise InputError("evaluation needs labels: the data has no label column (pass --label-col)")
     labels = data.labels[start:]
     kinds = data.kinds[start:] if data.kinds else None
     report: Dict[str, dict] = {}
     for mode in modes:
-        detector = Detector.load(bundle, engine=engine, mode=mode)
+        detector = Detector.load(bundle, engine=engine, mode=mode, learning=learning)
         scores = detector.score(data.values, seconds=data.seconds).rows(slice(start, None))
         m = point_metrics(labels, scores.is_anomaly, continuous_scores(detector, scores), kinds)
         m["stage2_share"] = float(np.mean(scores.stage2_ran))

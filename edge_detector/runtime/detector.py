@@ -17,7 +17,8 @@ from .trust import Trust, record_version
 from .engines import ENGINE_CHOICES, OnnxStage1, TFLiteStage2, numpy_stage1, numpy_stage2, stage_engines
 from .errors import MAX_ABS_VALUE, BundleError, InputError, check_choice, valid_values
 from .explain import FeatureExplainer
-from .features import FeatureSpec, FeatureState, batch_features, features_of_states
+from .features import FeatureSpec, FeatureState, batch_features, feature_names, features_of_states
+from .learn import LearnSpec, learner_for
 from .persistence import Persistence, PersistenceSpec, persisted
 from .threshold import Threshold, ThresholdSpec
 from .windows import WindowTransform, window_scores, windows_at
@@ -76,6 +77,7 @@ class StreamState:
         self.count = 0
         self.threshold = Threshold(detector.threshold_spec, detector.tau2)
         self.persistence = Persistence(detector.persistence_spec)
+        self.learner = learner_for(detector.learn_spec, detector.forest_arrays, detector.n_features)
 
     def reset(self) -> None:
         """Forget the window: the next reading starts a new warm-up (the threshold keeps what it learnt)."""
@@ -119,7 +121,7 @@ class Detector:
     """
 
     def __init__(self, bundle: Bundle, engine: str = "numpy", mode: str = "hybrid", threads: Optional[int] = None,
-                 variant: Optional[str] = None):
+                 variant: Optional[str] = None, learning: Optional[bool] = None):
         check_choice("engine", engine, ENGINE_CHOICES)
         check_choice("mode", mode, MODES)
         manifest = bundle.manifest
@@ -133,6 +135,7 @@ class Detector:
             self.transform = WindowTransform.from_manifest(manifest)
             self.threshold_spec = ThresholdSpec.from_manifest(self.variant or manifest)
             self.persistence_spec = PersistenceSpec.from_manifest(manifest)
+            self.learn_spec = LearnSpec.from_manifest(manifest)
             self.explainer = FeatureExplainer.from_manifest(manifest)
         except ValueError as exc:
             raise BundleError("manifest: %s" % exc) from None
@@ -144,6 +147,10 @@ class Detector:
         self.warmup = max(self.span, self.spec.history)
         self.stage1, self.stage2 = self._stages(bundle, engine, threads)
         self.bundle_id = bundle.bundle_id                    # sha256 of manifest.json's bytes (checkpoint.py)
+        if learning is not None:
+            self.learn_spec = self.learn_spec._replace(enabled=bool(learning))
+        self.forest_arrays = forest_arrays(bundle.arrays) if self.learn_spec.enabled else None   # learnt in NumPy
+        self.n_features = len(feature_names(self.spec, self.sensors))
         self.stream_state = StreamState(self)
 
     def _stages(self, bundle: Bundle, engine: str, threads: Optional[int]):
@@ -167,7 +174,8 @@ class Detector:
 
     @classmethod
     def load(cls, path: str, engine: str = "numpy", mode: str = "hybrid", threads: Optional[int] = None,
-             trust: Optional[Trust] = None, variant: Optional[str] = None, record: bool = True) -> "Detector":
+             trust: Optional[Trust] = None, variant: Optional[str] = None, record: bool = True,
+             learning: Optional[bool] = None) -> "Detector":
         """Load a bundle directory, verifying its manifest and checksums first (and, with ``trust``, its signature
         and version: ``trust.load_trust(keys_file)``). ``variant`` picks a quantized stage-2 model (float16,
         dynamic, int8: ``export --quantize``) for the tflite engine, with its own threshold. With ``trust``, the
@@ -177,7 +185,7 @@ class Detector:
         check_choice("mode", mode, MODES)
         bundle = load_bundle(path, trust)
         try:
-            detector = cls(bundle, engine=engine, mode=mode, threads=threads, variant=variant)
+            detector = cls(bundle, engine=engine, mode=mode, threads=threads, variant=variant, learning=learning)
         except KeyError as exc:
             raise BundleError("bundle %r: weights or manifest lack %s" % (path, exc)) from None
         if trust is not None and record:
@@ -191,6 +199,8 @@ class Detector:
     @property
     def threshold(self) -> Threshold:
         return self.stream_state.threshold
+
+    learning = property(lambda self: self.learn_spec.enabled, doc="Whether streams learn stage 1 (``learn``).")
 
     @property
     def count(self) -> int:
@@ -207,14 +217,20 @@ class Detector:
         out = {}
         if self.stream_state.threshold.adaptive:
             out["threshold"] = self.stream_state.threshold.state()
+        if self.stream_state.learner is not None:
+            out["learner"] = self.stream_state.learner.state()           # runtime.learn
         return out
 
     def restore(self, state: Dict[str, dict]) -> None:
         """Hand each component its part of ``state()``'s dict (from a checkpoint of the same bundle). ValueError
         naming the part when it does not fit this bundle; then nothing is changed."""
-        unknown = sorted(set(state) - {"threshold"})
+        unknown = sorted(set(state) - {"threshold", "learner"})
         if unknown:
             raise ValueError("state for components this detector does not have: %s" % ", ".join(unknown))
+        if "learner" in state:                      # checked whole before anything changes (ValueError)
+            if self.stream_state.learner is None:
+                raise ValueError("learner state given to a detector that does not learn")
+            self.stream_state.learner.restore(state["learner"])
         if "threshold" in state:
             self.stream_state.threshold.restore(state["threshold"])
 
@@ -273,7 +289,10 @@ class Detector:
         """
         self.check_time(seconds)
         feats = features_of_states([st.features for st in states], readings, seconds)    # [k, features]
-        s1 = np.asarray(self.stage1(feats), dtype=np.float64)                            # [k]
+        if self.learning:                                   # each stream's own learnt forest
+            s1 = np.array([st.learner.stage1(feats[i:i + 1])[0] for i, st in enumerate(states)], dtype=np.float64)
+        else:
+            s1 = np.asarray(self.stage1(feats), dtype=np.float64)                        # [k]
         for st, x in zip(states, readings):
             st.remember(x)
         warm = [st.count < self.warmup for st in states]
@@ -283,8 +302,13 @@ class Detector:
             scores, share = window_scores(np.stack([states[i].buffer for i in need]), self.stage2, self.transform)
             s2 = dict(zip(need, scores.tolist()))
             shares = dict(zip(need, share))
-        return [self._verdict(st, float(s1[i]), s2.get(i), shares.get(i), warm[i], feats[i])
-                for i, st in enumerate(states)]
+        verdicts = [self._verdict(st, float(s1[i]), s2.get(i), shares.get(i), warm[i], feats[i])
+                    for i, st in enumerate(states)]
+        if self.learning:
+            for i, st in enumerate(states):
+                if not warm[i]:
+                    st.learner.observe(feats[i], verdicts[i].is_anomaly, float(s1[i]))
+        return verdicts
 
     def score_one(self, reading: Sequence[float], seconds: Optional[float] = None) -> Score:
         """The next reading's verdict: [sensors] -> Score. Never alarms during warm-up.
@@ -309,6 +333,10 @@ class Detector:
         touch the streaming state.
         """
         values = self._check_series(values)
+        if self.learning:                  # what it learns depends on every verdict before: the streaming code, in order
+            fresh = self.fork()
+            times = [None] * len(values) if seconds is None else [float(t) for t in seconds]
+            return Scores.stack([fresh.score_one(row, t) for row, t in zip(values, times)], self.sensors)
         n = values.shape[0]
         self.check_time(None if seconds is None else np.asarray(seconds, dtype=np.float64))
         feats = batch_features(values, self.spec, seconds) if n else None                  # [n, features]

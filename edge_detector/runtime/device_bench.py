@@ -2,9 +2,10 @@
 
 For every engine installed here (numpy always; LiteRT and onnxruntime where present) it measures
 cold start (a fresh process: import, load, first score), per-reading latency percentiles in
-hybrid and LSTM-only mode, the stage-2 share, peak RSS, and the multi-stream curve (readings per
+hybrid and LSTM-only mode, the stage-2 share, peak RSS, the multi-stream curve (readings per
 second per core for 1, 4, 16, 64 and 256 streams, against ``score_one`` on one stream in the same
-run). It writes JSON and Markdown; ``edge-detector bench --compare device.json`` puts a device's
+run), and the cost of learning (``learn``): per-reading time with learning on against off, in the
+same run, and the longest single reading (a tree grown). It writes JSON and Markdown; ``edge-detector bench --compare device.json`` puts a device's
 figures beside the workstation's. Nothing here needs the original models. Timings are measured
 and printed, never judged. Under emulation (qemu) they are not real times, and the report says so.
 """
@@ -148,6 +149,40 @@ def stream_curve(detector: Detector, values: np.ndarray, counts: Sequence[int], 
     return out
 
 
+def learning_cost(bundle: str, values: np.ndarray, readings: int, mode: str = "hybrid") -> dict:
+    """score_one with learning off and on over the same readings in this run: {"frozen", "learning": latency
+    stats (wall, per reading), "cpu_ms_per_reading" of each, "mean_ratio": on / off in CPU time per reading,
+    "trees_grown"}. Each first reads the readings before the last ``readings`` untimed (the learner's reservoir
+    fills), then is timed on those; the two alternate in blocks of 100, each block's CPU time measured, so that a
+    busy machine weighs on both alike (the per-reading wall times include its preemptions)."""
+    timed = values[-readings:] if len(values) > readings else values
+    dets = {name: Detector.load(bundle, mode=mode, learning=on) for name, on in (("frozen", False), ("learning", True))}
+    for det in dets.values():
+        for row in values[:max(len(values) - readings, det.warmup)]:
+            det.score_one(row)
+    times: Dict[str, List[float]] = {name: [] for name in dets}
+    cpu = {name: 0.0 for name in dets}
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for start in range(0, len(timed), 100):
+            for name, det in dets.items():
+                c = time.process_time()
+                for row in timed[start:start + 100]:
+                    t = time.perf_counter()
+                    det.score_one(row)
+                    times[name].append(time.perf_counter() - t)
+                cpu[name] += time.process_time() - c
+    finally:
+        if enabled:
+            gc.enable()
+    out = {name: stats_ms(t) for name, t in times.items()}
+    out["cpu_ms_per_reading"] = {name: 1e3 * c / len(timed) for name, c in cpu.items()}
+    out.update(mode=mode, readings=len(timed), trees_grown=dets["learning"].stream_state.learner.grown,
+               mean_ratio=cpu["learning"] / max(cpu["frozen"], 1e-9))
+    return out
+
+
 def emulated() -> bool:
     """Whether this runs under qemu user emulation (test-arm64.sh sets QEMU_LD_PREFIX)."""
     return "QEMU_LD_PREFIX" in os.environ
@@ -179,6 +214,7 @@ def run_device_bench(bundle: str, data: str, engines: Optional[Sequence[str]] = 
             entry[mode] = per_reading(Detector.load(bundle, engine=engine, mode=mode), values, readings)
         entry["streams"] = stream_curve(Detector.load(bundle, engine=engine, mode=curve_mode), values, streams, ticks)
         report["engines"][engine] = entry
+    report["learning"] = learning_cost(bundle, values, readings)
     report["peak_rss_bytes"] = peak_rss()
     return report
 
@@ -203,6 +239,14 @@ def markdown(report: dict) -> str:
             lines.append("| %s | %s | %s | %.0f | %.0f | %.2f |" % (
                 e, r["streams"].get("mode", "hybrid"), k, v["readings_per_s_per_core"],
                 v["separate_per_s_per_core"], v["ratio_to_single"]))
+    lr = report.get("learning")
+    if lr:
+        lines += ["", "| learning (numpy stage 1, %s) | CPU ms per reading | wall mean ms | wall p99 ms | wall max ms "
+                  "| trees grown |" % lr["mode"], "|---|---:|---:|---:|---:|---:|"]
+        lines += ["| %s | %.3f | %.3f | %.3f | %.3f | %s |" % (
+            name, lr["cpu_ms_per_reading"][name], lr[name]["mean_ms"], lr[name]["p99_ms"], lr[name]["max_ms"],
+            lr["trees_grown"] if name == "learning" else "-") for name in ("frozen", "learning")]
+        lines.append("| on / off (CPU) | %.2f x | | | | |" % lr["mean_ratio"])
     return "\n".join(lines) + "\n"
 
 

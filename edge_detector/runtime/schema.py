@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import BundleError
 from .features import FEATURE_FAMILIES, FeatureSpec, feature_names
+from .learn import LearnSpec
 from .lstm import DENSE_LAYERS, LSTM_LAYERS
 from .persistence import MAX_PERSISTENCE
 from .threshold import KINDS
@@ -218,6 +219,14 @@ def check_persistence(m: dict) -> None:
     _int(p, "persistence.k", 1, n, p["k"])
 
 
+def check_learning(m: dict) -> None:
+    """The "learning" field (``learn.LearnSpec``), when present: each setting in its range."""
+    try:
+        LearnSpec.from_manifest(m)
+    except ValueError as exc:
+        raise BundleError("manifest: %s" % exc) from None
+
+
 def check_manifest(m: dict) -> None:
     """Refuse a manifest whose fields are missing, of the wrong type, or out of bounds."""
     n_sensors = check_sensors(m)
@@ -228,6 +237,7 @@ def check_manifest(m: dict) -> None:
     check_adaptive(m)
     check_persistence(m)
     check_variants(m)
+    check_learning(m)
     check_files(m)
     if "bundle_version" in m:
         _int(m, "bundle_version", 0, 2 ** 63 - 1)
