@@ -410,10 +410,11 @@ def package(bundle, out, sign_key):
 
         edge-detector package bundle/ --out gateway.tar.gz
     """
-    from edge_detector.export.package import build_package  # noqa: PLC0415
-    if not out.endswith((".tar.gz", ".tgz")):
-        raise click.BadParameter("%r: the archive is a gzip tar, so its name must end in .tar.gz or .tgz" % out,
-                                 param_hint="--out")
+    from edge_detector.export.package import ArchiveNameError, build_package, check_archive_name  # noqa: PLC0415
+    try:
+        check_archive_name(out)
+    except ArchiveNameError as exc:
+        raise click.BadParameter(str(exc), param_hint="--out") from None
     with reported(BundleError):
         names = build_package(bundle, out, sign_key=sign_key)
     click.echo("wrote %s: %d entries under %s/" % (out, len(names), names[0]))
@@ -474,12 +475,16 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
         edge-detector mqtt bundle/ --host broker.plant --port 8883 --tls-ca ca.crt \\
             --username gw1 --password-file /etc/edge-detector/mqtt-password --trusted-keys owner.pub
     """
-    if persistent_session and not client_id:
-        raise click.UsageError("--persistent-session needs --client-id: the broker keeps the session under it")
+    from edge_detector.mqtt import ClientIdMissing, PahoMissing, Tls, check_session, paho_client, run_bridge  # noqa: PLC0415
+    from edge_detector.runtime.reload import Reloader  # noqa: PLC0415
+    try:
+        check_session(persistent_session, client_id)
+    except ClientIdMissing:
+        raise click.UsageError("--persistent-session needs --client-id: the broker keeps the session under it") from None
     if tls_key and not tls_cert:
         raise click.UsageError("--tls-key needs --tls-cert")
-    from edge_detector.mqtt import Tls, run_bridge  # noqa: PLC0415
-    from edge_detector.runtime.reload import Reloader  # noqa: PLC0415
+    with reported(PahoMissing):
+        paho_client()
     password = os.environ.get("MQTT_PASSWORD")
     if password_file:
         with open(password_file, encoding="utf-8") as fh:
