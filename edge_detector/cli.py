@@ -22,13 +22,31 @@ from edge_detector.runtime.threshold import KINDS as THRESHOLD_KINDS
 from edge_detector.runtime.trust import load_trust
 
 
+# The library names the thing; the command line names its flag for it (the only place flags are spelt).
+FLAG_WORDING = {
+    "(name the label column)": "(pass --label-col)",
+    "leave the test fraction out": "leave --test-fraction out",
+    "parity checks: name the training CSV": "parity checks: pass --data",
+    "the asset column splits one CSV file": "--asset-col splits one CSV file",
+    "give the asset column, the column": "give --asset-col, the column",
+    "the ray backend needs Ray": "--backend ray needs Ray",
+}
+
+
+def with_flags(message: str) -> str:
+    """A library message in the command line's words: each thing it names as the flag that sets it."""
+    for phrase, flag in FLAG_WORDING.items():
+        message = message.replace(phrase, flag)
+    return message
+
+
 @contextlib.contextmanager
 def reported(*errors):
     """Turn the library's own exceptions (a user's mistake) into one clear line; anything else keeps its traceback."""
     try:
         yield
     except errors as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(with_flags(str(exc))) from None
 
 
 def _parity_error():
@@ -321,7 +339,7 @@ def evaluate(bundle, data, sensors, label_col, timestamp_col, model_dir, test_fr
     with reported(BundleError, InputError):
         result = evaluate_csv(bundle, data, test_fraction, engine, model_dir, _names(sensors), label_col,
                               timestamp_col)
-    _echo_err(result["split"])
+    _echo_err(with_flags(result["split"]))
     click.echo(comparison_table(result["modes"]))
     if json_out:
         from edge_detector.export.files import write_json  # noqa: PLC0415

@@ -52,7 +52,7 @@ def test_machines_come_from_a_folder_or_from_one_csv_split_by_a_column(tmp_path)
     assert split == {"p1": "timestamp,x\n1,0.5\n3,0.6\n", "p2": "timestamp,x\n2,0.7\n"}
     with pytest.raises(InputError, match="has no column 'pump'"):
         find_machines(str(both), asset_col="pump")
-    with pytest.raises(InputError, match="give --asset-col"):
+    with pytest.raises(InputError, match="give the asset column, the column that names each machine"):
         find_machines(str(both))
     hostile = tmp_path / "hostile.csv"
     hostile.write_text("asset,x\n../../etc,1\n")

@@ -345,7 +345,7 @@ def export_model(model_dir: str, out_dir: str, data_path: Optional[str] = None,
     meta = read_model_meta(model_dir)
     data_path = data_path or (meta.get("training_data") or {}).get("path")
     if not data_path or not os.path.isfile(data_path):
-        raise InputError("the training CSV %s is needed for the parity checks: pass --data"
+        raise InputError("the training CSV %s is needed for the parity checks: name the training CSV"
                          % ("(%s) is gone;" % data_path if data_path else "was not recorded;"))
     data = load_csv(data_path, sensors=list(sensors or meta["sensors"]), label_col=label_col,
                     timestamp_col=timestamp_col)
