@@ -62,6 +62,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from edge_detector.export.files import write_json
+from edge_detector.export.tf_setup import quiet_tf_log
 
 TRAIN_ROWS = 400
 T2_WINDOW = 10
@@ -422,7 +423,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="override a TrainConfig field for every file (e.g. --set window=30)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")     # the worker processes inherit it
+    quiet_tf_log()                                          # the worker processes inherit it
     modes = ["hybrid", "lstm", "iforest"] if args.mode == "all" else [args.mode]
     overrides = dict(_parse_override(s) for s in args.set)
     report = run(args.data, modes, args.engine, args.seed, overrides, args.workdir, args.stream,

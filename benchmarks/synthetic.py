@@ -10,7 +10,6 @@ table per seed and the means; writes
      "iforest": {...}, "lof": {...}}, "per_seed": {"42": {"hybrid": {...}, ...}, ...}}
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import numpy as np
 
 from edge_detector.export.data import ANOMALY_KINDS
 from edge_detector.export.evaluate import comparison_table
+from edge_detector.export.files import write_json
 from edge_detector.export.pipeline import pipeline_paths, synthetic_pipeline
 
 SCALARS = ("precision", "recall", "f1", "roc_auc", "pr_auc", "false_alarms_per_1000", "stage2_share")
@@ -71,8 +71,7 @@ def main(argv=None) -> int:
     print("\nhybrid F1 %.3f, %.2f x LSTM-only F1; stage 2 ran on %.1f%% of test readings; %.0fs"
           % (h["f1"], h["f1"] / lstm["f1"] if lstm["f1"] else float("nan"), 100 * h["stage2_share"], time.time() - t0))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"seeds": seeds, "engine": args.engine, "mean": mean, "per_seed": per_seed}, fh, indent=2)
+        write_json(args.json, {"seeds": seeds, "engine": args.engine, "mean": mean, "per_seed": per_seed})
     return 0
 
 
