@@ -23,6 +23,7 @@ import numpy as np
 from edge_detector import __version__
 from edge_detector.export.data import Dataset, load_csv
 from edge_detector.export.files import atomic_folder
+from edge_detector.export.metrics import leading_rows
 from edge_detector.export.progress import Bar, Progress, log
 from edge_detector.export.tf_setup import configure_device, import_tf, quiet_native_log
 from edge_detector.runtime import FeatureSpec, InputError, WindowTransform, batch_features, prepare_windows, windows_at
@@ -141,8 +142,8 @@ def build_autoencoder(tf_keras, window: int, n_sensors: int, config: TrainConfig
 
 def split_points(n: int, config: TrainConfig) -> Tuple[int, int]:
     """(end of the fit part, end of the train split) as row indices."""
-    train_end = int(round(n * config.train_fraction))
-    fit_end = int(round(train_end * (1 - config.calibration_fraction)))
+    train_end = leading_rows(n, config.train_fraction)
+    fit_end = leading_rows(train_end, 1 - config.calibration_fraction)
     if fit_end < 2 * config.window or train_end - fit_end < config.window:
         raise InputError("%d rows are too few for window %d: need at least %d"
                          % (n, config.window, int(4 * config.window / config.train_fraction)))

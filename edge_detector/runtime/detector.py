@@ -200,14 +200,15 @@ class Detector:
         if warm:
             return Score(s1, None, False, None, True)
         if self.mode == "iforest":
-            return Score(s1, None, bool(s1 > self.tau_iforest), None, False)
+            return Score(s1, None, bool(self._iforest_alarms(s1)), None, False)
         if s2 is None:
             return Score(s1, None, False, None, False)
         contributions = {s: round(float(v), 6) for s, v in zip(self.sensors, shares)}
         return Score(s1, s2, bool(state.threshold.exceeded(s2)), contributions, False)
 
-    def _needs_stage2(self, s1: float) -> bool:
-        return self.mode == "lstm" or (self.mode == "hybrid" and s1 > self.tau1)
+    def _iforest_alarms(self, s1):
+        # stage-1 score(s), a float or [n] -> alarm(s): the iforest mode's rule, stage 1 over its own threshold
+        return s1 > self.tau_iforest
 
     def score_states(self, states: Sequence[StreamState], readings: Sequence[np.ndarray]) -> List[Score]:
         """The next reading of each of several streams (checked readings, one per state), scored together:
@@ -221,7 +222,7 @@ class Detector:
         for st, x in zip(states, readings):
             st.remember(x)
         warm = [st.count < self.warmup for st in states]
-        need = [i for i in range(len(states)) if not warm[i] and self._needs_stage2(float(s1[i]))]
+        need = [i for i in np.flatnonzero(self._routed_to_stage2(s1)).tolist() if not warm[i]]
         s2, shares = {}, {}
         if need:
             scores, share = window_scores(np.stack([states[i].buffer for i in need]), self.stage2, self.transform)
@@ -253,10 +254,10 @@ class Detector:
         n = values.shape[0]
         s1 = self.stage1(batch_features(values, self.spec)) if n else np.zeros(0)     # [n]
         warm = np.arange(n) + 1 < self.warmup
-        run = ~warm & self._batch_needs_stage2(s1)
+        run = ~warm & self._routed_to_stage2(s1)
         s2, shares = self._batch_stage2(values, np.flatnonzero(run), batch_size)
         if self.mode == "iforest":
-            alarm = ~warm & (s1 > self.tau_iforest)
+            alarm = ~warm & self._iforest_alarms(s1)
         else:
             alarm = self._batch_alarms(s2, run)
         return Scores(np.asarray(s1, dtype=np.float64), s2, alarm, warm, shares)
@@ -280,7 +281,8 @@ class Detector:
             raise InputError("row %d has a value that is not finite or beyond +-%g" % (bad_rows[0], MAX_ABS_VALUE))
         return values
 
-    def _batch_needs_stage2(self, s1: np.ndarray) -> np.ndarray:
+    def _routed_to_stage2(self, s1: np.ndarray) -> np.ndarray:
+        # [n] stage-1 scores -> [n] which readings stage 2 scores: lstm all, hybrid those over tau1, iforest none
         if self.mode == "lstm":
             return np.ones(s1.shape, dtype=bool)
         if self.mode == "hybrid":
