@@ -173,18 +173,18 @@ def test_fleet_commands(fleet_data, tmp_path):
 @pytest.mark.parametrize("fixture", ["trained", "trained_rig"])
 def test_a_template_filled_with_a_models_weights_runs_like_its_own_conversion(fixture, request):
     """Converting once per architecture and writing each model's weights in gives the converter's numbers."""
-    from edge_detector.export import convert
+    from edge_detector.export import tflite_convert
     from edge_detector.export.tf_setup import import_tf
     from edge_detector.export.train import TrainedModels
     from edge_detector.runtime.engines import tflite_interpreter_class
     model_dir, _ = request.getfixturevalue(fixture)
     models = TrainedModels(str(model_dir))
     tf, tf_keras, _ = import_tf()
-    single = convert.batch_one_model(tf_keras, models)
+    single = tflite_convert.batch_one_model(tf_keras, models)
     single.set_weights(models.keras.get_weights())
-    full = convert.tflite_bytes(tf, single)
-    filled = convert.templated_tflite(tf, tf_keras, models)
-    assert convert._TEMPLATES and all(t is not None for t in convert._TEMPLATES.values())
+    full = tflite_convert.tflite_bytes(tf, single)
+    filled = tflite_convert.templated_tflite(tf, tf_keras, models)
+    assert tflite_convert._TEMPLATES and all(t is not None for t in tflite_convert._TEMPLATES.values())
     windows = np.random.default_rng(0).normal(size=(4, models.meta["window"], len(models.meta["sensors"])))
 
     def outputs(blob):
