@@ -186,11 +186,16 @@ def with_data_options(fn):
 @click.option("--tau2-margin", default=None, type=click.FloatRange(min=1.0),
               help="Stage-2 threshold margin over the calibration quantile: room for drift after training "
               "[1.0 or 1.55].")
+@click.option("--margin-from", type=click.Path(exists=True, dir_okay=False), default=None, metavar="NORMAL_CSV",
+              help="Calibrate the stage-2 threshold margin without labels on a recording of normal operation only "
+              "(the same sensors), instead of taking the preset's: it is cut into pieces as long as DATA, each "
+              "trained and scored as DATA is at margin 1, and the margin is the median over pieces of the "
+              "smallest that keeps a piece's alarms to 10% of its scored rows (one training per piece).")
 @click.option("--train-fraction", default=0.8, show_default=True,
               help="Leading share of rows used for training (its last 15% calibrates); the rest is the test split.")
 @verbose_option
 def train(data, out, sensors, label_col, timestamp_col, preset, seed, window, epochs, screen_share, threshold,
-          tau2_margin, train_fraction, verbose):
+          tau2_margin, margin_from, train_fraction, verbose):
     """Train IsolationForest, LSTM autoencoder and LOF, and calibrate thresholds on normal data.
 
     Uses a GPU when TensorFlow sees one. Saves Keras (native format), scikit-learn (joblib),
@@ -203,10 +208,16 @@ def train(data, out, sensors, label_col, timestamp_col, preset, seed, window, ep
         edge-detector train pump.csv --out model/ --preset rig --train-fraction 0.35
     """
     _require_train_extra()
+    if margin_from and tau2_margin is not None:
+        raise click.UsageError("--margin-from calibrates the margin that --tau2-margin sets: give one of them")
     from edge_detector.export.train import preset_config, train_csv  # noqa: PLC0415
     config = preset_config(preset, seed=seed, window=window, epochs=epochs, screen_share=screen_share,
                            threshold=threshold, tau2_margin=tau2_margin, train_fraction=train_fraction)
     with reported(InputError):
+        if margin_from:
+            from edge_detector.export.margin import calibrated_config  # noqa: PLC0415
+            config = calibrated_config(config, margin_from, data, _names(sensors), label_col, timestamp_col,
+                                       progress=_echo_err)
         train_csv(data, out, config, _names(sensors), label_col, timestamp_col, progress=_echo_err, verbose=verbose)
     click.echo("model written to %s" % out)
 

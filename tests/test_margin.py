@@ -1,0 +1,54 @@
+"""The label-free margin calibration (edge_detector.export.margin) that sets the rig preset's tau2_margin."""
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_detector.cli import cli
+from edge_detector.export.data import Dataset
+from edge_detector.export.margin import calibrate_margin, margin_from_csv, normal_pieces
+from edge_detector.runtime import Detector, InputError
+
+
+def test_a_recording_with_anomalies_or_too_short_is_refused_by_name(tmp_path):
+    from tests.conftest import tiny_config
+    data = Dataset(np.zeros((100, 2)), ["a", "b"], None, None, None)
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("a,b,is_anomaly\n" + "1,2,0\n" * 150 + "1,9,1\n" * 50)
+    with pytest.raises(InputError, match="has 50 readings labelled anomalous: the margin is calibrated on normal"):
+        margin_from_csv(str(labelled), data, tiny_config())
+    short = tmp_path / "short.csv"
+    short.write_text("a,b\n" + "1,2\n" * 99)
+    with pytest.raises(InputError, match="short.csv has 99 readings: the margin needs at least one piece as long as "
+                                         r"the training data \(100 readings\)"):
+        margin_from_csv(str(short), data, tiny_config())
+    with pytest.raises(InputError, match="training fraction 1 of a 50-reading piece leaves no reading"):
+        margin_from_csv(str(short), data._replace(values=np.zeros((50, 2))), tiny_config(train_fraction=1.0))
+
+
+def test_the_cli_takes_a_margin_or_a_recording_to_calibrate_it_not_both(tmp_path):
+    normal = tmp_path / "normal.csv"
+    normal.write_text("a,b\n1,2\n")
+    result = CliRunner().invoke(cli, ["train", str(normal), "--out", str(tmp_path / "m"), "--tau2-margin", "1.5",
+                                      "--margin-from", str(normal)])
+    assert result.exit_code == 2 and "--margin-from calibrates the margin that --tau2-margin sets" in result.output
+
+
+@pytest.mark.slow
+def test_each_pieces_margin_keeps_its_alarms_to_the_share_and_the_margin_is_their_median(tmp_path, synthetic):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("sklearn")
+    from tests.conftest import tiny_config
+    data, _ = synthetic
+    pieces = normal_pieces(data._replace(values=data.values[:2000]), 1000, "normal.csv")
+    report = calibrate_margin(pieces, tiny_config(threshold="static"), 500, str(tmp_path))
+    assert list(report["per_piece"]) == ["normal.csv[0:1000]", "normal.csv[1000:2000]"]
+    margins = [p["tau2_margin"] for p in report["per_piece"].values()]
+    assert report["tau2_margin"] == round(max(1.0, float(np.median(margins))), 3)
+    assert report["rows"] == 2 * 500
+    for i, ((_, piece), m) in enumerate(zip(pieces, margins), 1):
+        # the piece's own bundle, trained at margin 1 on its first 500 rows: at its margin, at most 10% alarm
+        detector = Detector.load(str(tmp_path / ("cal%03d" % i) / "bundle"))
+        assert detector.tau2 == pytest.approx(float(detector.manifest["thresholds"]["tau2"]))
+        scores = detector.score(piece.values).rows(slice(500, None))
+        units = np.where(scores.stage2_ran, scores.stage2, 0.0) / detector.tau2
+        assert np.sum(units > m + 1e-3) <= 0.10 * len(units) < np.sum(units > m - 0.05)
