@@ -30,6 +30,9 @@ FLAG_WORDING = {
     "the asset column splits one CSV file": "--asset-col splits one CSV file",
     "give the asset column, the column": "give --asset-col, the column",
     "the ray backend needs Ray": "--backend ray needs Ray",
+    "an export with quantized variants makes them": "export --quantize makes them",
+    "run it with the tflite engine": "run it with --engine tflite",
+    "give a writable state folder": "pass a writable --state-dir",
 }
 
 

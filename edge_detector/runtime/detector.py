@@ -93,10 +93,10 @@ def variant_entry(manifest: dict, engine: str, variant: Optional[str]) -> Option
         return None
     variants = manifest.get("variants") or {}
     if variant not in variants or "file" not in variants[variant]:
-        raise BundleError("bundle has no stage-2 variant %r (it has: %s; export --quantize makes them)"
-                          % (variant, ", ".join(sorted(k for k, v in variants.items() if "file" in v)) or "none"))
+        raise BundleError("bundle has no stage-2 variant %r (it has: %s; an export with quantized variants makes "
+                          "them)" % (variant, ", ".join(sorted(k for k, v in variants.items() if "file" in v)) or "none"))
     if engine not in ("tflite", "auto"):
-        raise BundleError("variant %r is a TFLite model: run it with --engine tflite" % variant)
+        raise BundleError("variant %r is a TFLite model: run it with the tflite engine" % variant)
     return variants[variant]
 
 

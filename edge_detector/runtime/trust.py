@@ -58,7 +58,7 @@ def _write_ledger(path: str, ledger: Dict[str, int]) -> None:
         write_json(path, ledger, indent=1, sort_keys=True, permissions=0o600)
     except OSError as exc:
         raise BundleError("cannot record the accepted bundle version in %s (%s): without it a rollback could not be "
-                          "refused; pass a writable --state-dir" % (path, exc)) from None
+                          "refused; give a writable state folder" % (path, exc)) from None
 
 
 def check_signed(bundle: str, manifest_bytes: bytes, trust: Trust) -> str:
