@@ -33,6 +33,7 @@ FLAG_WORDING = {
     "an export with quantized variants makes them": "export --quantize makes them",
     "run it with the tflite engine": "run it with --engine tflite",
     "give a writable state folder": "pass a writable --state-dir",
+    "a persistent session needs a fixed client id": "--persistent-session needs --client-id",
 }
 
 
@@ -511,8 +512,8 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
     from edge_detector.runtime.reload import Reloader  # noqa: PLC0415
     try:
         check_session(persistent_session, client_id)
-    except ClientIdMissing:
-        raise click.UsageError("--persistent-session needs --client-id: the broker keeps the session under it") from None
+    except ClientIdMissing as exc:
+        raise click.UsageError(with_flags(str(exc))) from None
     if tls_key and not tls_cert:
         raise click.UsageError("--tls-key needs --tls-cert")
     with reported(PahoMissing):
