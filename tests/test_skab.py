@@ -97,7 +97,7 @@ def test_margins_are_the_median_over_pieces_of_each_pieces_quantile(tmp_path, mo
     def ramp(name):
         return np.linspace(0.0, 1.0, test_rows) * levels[name]   # scores in units of the margin-1 threshold
 
-    def fake_score_piece(data, workdir, config, train_rows, engine):
+    def fake_score_piece(data, workdir, config, train_rows, engine, fast_conversion):
         seen.append((config.tau2_margin, train_rows))
         ran = np.ones(test_rows, dtype=bool)
         ran[::2] = False                                          # rows stage 1 kept from stage 2 never alarm

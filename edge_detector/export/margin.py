@@ -54,13 +54,13 @@ def normal_pieces(data: Dataset, piece_rows: int, name: str = "") -> List[Tuple[
             for start in range(0, len(data.values) - piece_rows + 1, piece_rows)]
 
 
-def fit_head(data: Dataset, train_rows: int, workdir: str, config: TrainConfig) -> str:
-    """Train on the first ``train_rows`` readings of ``data`` (all of them taken as normal) and export; returns
-    the bundle folder (``workdir``/bundle, the model beside it)."""
+def fit_head(data: Dataset, train_rows: int, workdir: str, config: TrainConfig, fast_conversion: bool = False) -> str:
+    """Train on the first ``train_rows`` readings of ``data`` (all of them taken as normal) and export (with
+    ``export_bundle``'s ``fast_conversion``); returns the bundle folder (``workdir``/bundle, the model beside it)."""
     model_dir, bundle = os.path.join(workdir, "model"), os.path.join(workdir, "bundle")
     first = unlabelled(data, slice(0, train_rows))
     train(first, model_dir, config, progress=None)
-    export_bundle(model_dir, first, bundle, progress=None)
+    export_bundle(model_dir, first, bundle, progress=None, fast_conversion=fast_conversion)
     return bundle
 
 
@@ -72,10 +72,12 @@ def mode_part(detector: Detector, scores: Scores) -> dict:
             "initial_units": [v / detector.tau2 for v in detector.threshold_spec.initial]}
 
 
-def score_piece(data: Dataset, workdir: str, config: TrainConfig, train_rows: int, engine: str = "numpy") -> dict:
+def score_piece(data: Dataset, workdir: str, config: TrainConfig, train_rows: int, engine: str = "numpy",
+                fast_conversion: bool = False) -> dict:
     """One normal piece through the protocol at margin 1: ``mode_part`` of its hybrid scores after ``train_rows``."""
     config = dataclasses.replace(config, tau2_margin=1.0, train_fraction=1.0)
-    detector = Detector.load(fit_head(data, train_rows, workdir, config), engine=engine, mode="hybrid")
+    detector = Detector.load(fit_head(data, train_rows, workdir, config, fast_conversion), engine=engine,
+                             mode="hybrid")
     return mode_part(detector, detector.score(data.values).rows(slice(train_rows, None)))
 
 
@@ -115,16 +117,16 @@ def map_jobs(fn, arglist: list, jobs: int) -> list:
 
 def calibrate_margin(pieces: Sequence[Tuple[str, Dataset]], config: TrainConfig, train_rows: int, workdir: str,
                      engine: str = "numpy", jobs: int = 1, far: float = CALIBRATION_FAR,
-                     progress: Progress = None) -> dict:
+                     progress: Progress = None, fast_conversion: bool = False) -> dict:
     """The label-free tau2 margin over normal ``pieces``: {"far_target", "rule", "rows", "tau2_margin", "pooled":
     {"tau2_margin"}, "per_piece": {name: {"tau2_margin"}}, "seconds"}.
 
     Every piece is trained on its first ``train_rows`` readings with ``config`` at margin 1 (in ``workdir``/calNNN)
-    and scored on the rest; the margin is the median over pieces of ``piece_margin``, at least 1, rounded to 3
-    decimals. The pooled quantile is reported beside it.
+    and scored on the rest (``fast_conversion``: exported as a fleet is); the margin is the median over pieces of
+    ``piece_margin``, at least 1, rounded to 3 decimals. The pooled quantile is reported beside it.
     """
     t0 = time.time()
-    args = [(data, os.path.join(workdir, "cal%03d" % i), config, train_rows, engine)
+    args = [(data, os.path.join(workdir, "cal%03d" % i), config, train_rows, engine, fast_conversion)
             for i, (_, data) in enumerate(pieces, 1)]
     parts = map_jobs(score_piece, args, jobs)
     q = 1.0 - far
