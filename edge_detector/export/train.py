@@ -101,8 +101,9 @@ PRESETS = {
     # sees raw rolling means of 5 and 15 readings. Normal operation drifts after training, by
     # different amounts on different days, so the threshold is adaptive: it follows the stream's
     # own scores that did not alarm (1.55 x their 0.95 quantile over the last 200, and never below
-    # 1.55 x the 0.99 quantile of the calibration scores). The margin is what benchmarks/skab.py
-    # calibrated, without labels, on SKAB's normal-only recording (see benchmarks/README.md).
+    # 1.55 x the 0.99 quantile of the calibration scores). The margin is what the label-free
+    # calibration (export/margin.py, through benchmarks/skab.py) gave on SKAB's normal-only recording
+    # (see benchmarks/README.md); `train --margin-from` runs the same on a recording of one's own.
     # Sized for short recordings (hundreds of rows).
     "rig": dict(window=20, smooth=10, centre="train", whiten=True, reduce="mean", tau2_quantile=0.99,
                 tau2_margin=1.55, threshold="adaptive", adaptive_quantile=0.95, adaptive_history=200,
