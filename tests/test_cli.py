@@ -112,14 +112,12 @@ def test_evaluate_reports_every_mode(runner, trained, synthetic, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_and_export_from_the_cli(runner, synthetic, tmp_path):
-    _, csv_path = synthetic
-    result = runner.invoke(cli, ["train", str(csv_path), "--out", str(tmp_path / "m"), "--window", "20",
-                                 "--epochs", "1"])
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(cli, ["export", str(tmp_path / "m"), "--out", str(tmp_path / "b")])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "b" / "manifest.json").is_file()
+def test_train_and_export_from_the_cli(cli_trained):
+    model, bundle, train, export = cli_trained          # the session's CLI run: train, then export
+    assert train.returncode == 0, train.stderr
+    assert "model written to %s" % model in train.stdout
+    assert export.returncode == 0, export.stderr
+    assert (bundle / "manifest.json").is_file()
 
 
 
