@@ -6,6 +6,11 @@ Until ``read_sensors`` reads real sensors it replays CSV or JSON Lines readings:
 
     python3 firmware_example.py --bundle bundle/ --readings readings.csv   # replay a file
     python3 firmware_example.py --bundle bundle/ < readings.csv             # or stdin
+    python3 firmware_example.py --trusted-keys owner.pub --state-dir state/  # only the owner's bundles
+
+On a device, pin the owner's keys (``--trusted-keys``): the bundle must then be signed by one of them
+and not older than the last one accepted (recorded in ``--state-dir``). Without keys any bundle
+whose checksums match is scored, and the script says so on stderr.
 
 It finds the runtime beside itself (a device), else the installed edge-detector package, else
 the repository's edge_detector/runtime (so it also runs in place from deploy/). Alarms go to
@@ -60,10 +65,16 @@ def main(argv=None):
     parser.add_argument("--readings", default="-", help="CSV or JSON Lines to replay in place of live sensors "
                         "(default: stdin)")
     parser.add_argument("--period", type=float, default=0.0, help="seconds between readings (0: as fast as possible)")
+    parser.add_argument("--trusted-keys", default=None, help="the owner's OpenSSH public key(s): run only bundles "
+                        "signed by one of them, never an older version")
+    parser.add_argument("--state-dir", default=None, help="where accepted bundle versions are recorded")
     args = parser.parse_args(argv)
     runtime = import_runtime()
+    if not args.trusted_keys:
+        print("firmware_example.py: no --trusted-keys: the bundle's signature is not checked", file=sys.stderr)
     try:
-        detector = runtime.Detector.load(args.bundle)              # verifies every file's sha256
+        trust = runtime.trust.load_trust(args.trusted_keys, args.state_dir)
+        detector = runtime.Detector.load(args.bundle, trust=trust)  # verifies every file's sha256 (and signature)
     except runtime.BundleError as exc:
         sys.exit("firmware_example.py: %s" % exc)
     source = sys.stdin.buffer if args.readings == "-" else open(args.readings, "rb")  # noqa: SIM115 (closed below)

@@ -21,6 +21,9 @@
 #   --no-user            do not create the edge-detector system user (files stay owned by root)
 #   --no-systemd         do not install or start the systemd unit
 # Archive code never runs as root: the check that the bundle loads runs as the service user (or nobody).
+# The archive, its signature and the keys are first copied into a private folder (0700): what was verified is
+# what is unpacked, whoever can write their paths. Nothing but plain files and folders is installed (a symlink or
+# a special file in the archive or the bundle is refused), and no permission change follows a link.
 set -euo pipefail
 
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -51,21 +54,48 @@ done
 [ -n "$mode" ] || { echo "install.sh: choose --package or --runtime ARCHIVE" >&2; usage 2; }
 [ -z "$keys" ] || [ -f "$keys" ] || die "$keys: no such trusted-keys file"
 
-# The archive's owner signature, checked before a single byte of it is unpacked.
-verify_archive() {  # ARCHIVE SIGNATURE KEYS
-    command -v ssh-keygen >/dev/null 2>&1 || die "ssh-keygen is needed to verify $1 (apt install openssh-client)"
-    [ -f "$2" ] || die "$1 has no signature $2: refusing an unsigned archive (package it with --sign-key)"
-    local allowed
-    allowed=$(mktemp)
+# A private folder (0700, root's) for the copies that are verified and used: nobody else can swap them.
+private=$(mktemp -d)
+chmod 0700 "$private"
+trap 'rm -rf "$private"' EXIT
+
+# A private copy of a regular file given by the user; NAME is its name in the private folder.
+private_copy() {  # FILE NAME WHAT
+    [ -f "$1" ] || die "$3 $1 is not a regular file (a FIFO, a folder?): refused"
+    cp -- "$1" "$private/$2" || die "$3 $1 cannot be copied"
+    [ -f "$private/$2" ] && [ ! -L "$private/$2" ] || die "$3 $1 changed while it was copied: refused"
+}
+
+# The archive's owner signature, checked on the private copies before a single byte of it is unpacked.
+verify_archive() {  # ARCHIVE SIGNATURE KEYS (private copies) NAME (what the user gave)
+    command -v ssh-keygen >/dev/null 2>&1 || die "ssh-keygen is needed to verify $4 (apt install openssh-client)"
+    local allowed="$private/allowed_signers"
     # every trusted key may sign; the principal is not part of the check
     awk '$1 == "ssh-ed25519" { print "* " $1 " " $2 }' "$3" > "$allowed"
-    [ -s "$allowed" ] || { rm -f "$allowed"; die "$3 holds no ssh-ed25519 public key"; }
+    [ -s "$allowed" ] || die "$keys holds no ssh-ed25519 public key"
     if ! ssh-keygen -Y verify -f "$allowed" -I owner -n edge-detector-package -s "$2" < "$1" >/dev/null 2>&1; then
-        rm -f "$allowed"
-        die "$1 is not signed by a trusted key (or was changed after signing): refused"
+        die "$4 is not signed by a trusted key (or was changed after signing): refused"
     fi
-    rm -f "$allowed"
-    echo "install.sh: $1: signature verified"
+    echo "install.sh: $4: signature verified"
+}
+
+# Refuses a tree that holds anything but plain files and folders (a symlink, a FIFO, a device).
+plain_tree() {  # DIR WHAT
+    local odd
+    odd=$(find -P "$1/." ! -type f ! -type d -print -quit)    # DIR itself may be a link the user chose
+    [ -z "$odd" ] || die "$2 holds ${odd#"$1"/./}, which is not a plain file or folder (a symlink?): refused"
+}
+
+# Copies the folder SRC to DEST (new) without following any link in it, then opens it to reading: 0755/0644.
+copy_tree() {  # SRC DEST WHAT
+    [ -d "$1" ] || die "$3 ($1) is not a folder: refused"
+    plain_tree "$1" "$3"
+    rm -rf "$2"
+    mkdir -m 0755 "$2"
+    cp -R -P -- "$1/." "$2/"
+    plain_tree "$2" "$3"                       # checked again after copying: nothing changed in between
+    find -P "$2" -type d -exec chmod 0755 {} +
+    find -P "$2" -type f -exec chmod 0644 {} +
 }
 
 # A prefix this script did not make is never taken over (chowned, chmodded, overwritten).
@@ -92,13 +122,38 @@ as_service_user() {
 "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' \
     || die "$python is older than Python 3.9"
 
+if [ -n "$keys" ]; then
+    private_copy "$keys" trusted-keys.pub "the trusted keys"
+fi
 if [ "$mode" = runtime ]; then
-    [ -f "$archive" ] || die "$archive: no such archive"
+    [ -e "$archive" ] || die "$archive: no such archive"
+    private_copy "$archive" archive.tar.gz "the archive"
     if [ -n "$keys" ]; then
-        verify_archive "$archive" "${signature:-$archive.sig}" "$keys"
+        [ -e "${signature:-$archive.sig}" ] \
+            || die "$archive has no signature ${signature:-$archive.sig}: refusing an unsigned archive (package it with --sign-key)"
+        private_copy "${signature:-$archive.sig}" archive.tar.gz.sig "the signature"
+        verify_archive "$private/archive.tar.gz" "$private/archive.tar.gz.sig" "$private/trusted-keys.pub" "$archive"
     else
         echo "install.sh: WARNING: no --trusted-keys: the archive and its bundles are not verified" >&2
     fi
+    # unpacked at once, from the private copy that was verified, never from the path the user gave
+    staging="$private/staging"
+    mkdir "$staging"
+    tar -xzf "$private/archive.tar.gz" -C "$staging" --no-same-owner --no-same-permissions \
+        || die "$archive cannot be unpacked"
+    plain_tree "$staging" "$archive"
+    top=$(find "$staging" -mindepth 1 -maxdepth 1 -type d | head -n 1)
+    if [ -z "$top" ] || [ ! -f "$top/runtime/__main__.py" ] || [ ! -d "$top/bundle" ]; then
+        die "$archive is not a gateway archive"
+    fi
+    (cd "$top" && sha256sum -c --quiet SHA256SUMS) || die "$archive: its files do not match its SHA256SUMS"
+fi
+
+if [ "$mode" = package ]; then
+    if [ -z "$bundle" ] || [ ! -f "$bundle/manifest.json" ]; then
+        die "--package needs --bundle DIR (an exported bundle)"
+    fi
+    plain_tree "$bundle" "the bundle $bundle"          # before anything is made (and again after copying it)
 fi
 
 claim_prefix "$prefix"
@@ -112,24 +167,17 @@ echo "install.sh: creating $prefix/venv"
 "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check $pip_args "numpy>=1.24"
 key_args=""
 if [ -n "$keys" ]; then
-    install -m 0644 "$keys" "$prefix/trusted-keys.pub"
+    install -m 0644 "$private/trusted-keys.pub" "$prefix/trusted-keys.pub"
     key_args="--trusted-keys $prefix/trusted-keys.pub"
 fi
 
 if [ "$mode" = runtime ]; then
-    staging=$(mktemp -d)
-    trap 'rm -rf "$staging"' EXIT
-    tar -xzf "$archive" -C "$staging" --no-same-owner --no-same-permissions
-    top=$(find "$staging" -mindepth 1 -maxdepth 1 -type d | head -n 1)
-    if [ ! -f "$top/runtime/__main__.py" ] || [ ! -d "$top/bundle" ]; then
-        die "$archive is not a gateway archive"
-    fi
-    (cd "$top" && sha256sum -c --quiet SHA256SUMS)
-    rm -rf "$prefix/bundle" "$prefix/runtime"
-    cp -R "$top/bundle" "$prefix/bundle"
-    cp -R "$top/runtime" "$prefix/runtime"
-    cp "$top/run.sh" "$top/README.md" "$top/SHA256SUMS" "$prefix/"
-    chmod -R u=rwX,go=rX "$prefix/bundle" "$prefix/runtime"
+    copy_tree "$top/bundle" "$prefix/bundle" "$archive's bundle"
+    copy_tree "$top/runtime" "$prefix/runtime" "$archive's runtime"
+    for f in run.sh README.md SHA256SUMS; do
+        rm -f "$prefix/$f"
+        install -m 0644 "$top/$f" "$prefix/$f"
+    done
     chmod 0755 "$prefix/run.sh"
     # run.sh takes its interpreter from $PYTHON: point it at the venv (and at the trusted keys)
     printf '#!/bin/sh\nPYTHON="%s/venv/bin/python" exec "%s/run.sh" %s "$@"\n' "$prefix" "$prefix" "$key_args" \
@@ -139,22 +187,17 @@ if [ "$mode" = runtime ]; then
            "import sys; sys.path.insert(0, '$prefix'); import runtime; runtime.Detector.load('$prefix/bundle')")
     echo "install.sh: runtime installed; try: $prefix/edge-detector-run < readings.csv"
 else
-    if [ -z "$bundle" ] || [ ! -f "$bundle/manifest.json" ]; then
-        die "--package needs --bundle DIR (an exported bundle)"
-    fi
     # shellcheck disable=SC2086
     "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check $pip_args "${src}[mqtt]"
-    rm -rf "$prefix/bundle"
-    cp -R "$bundle" "$prefix/bundle"
-    chmod -R u=rwX,go=rX "$prefix/bundle"
+    copy_tree "$bundle" "$prefix/bundle" "the bundle $bundle"
     "$prefix/venv/bin/edge-detector" detect --help >/dev/null
     check=("$prefix/venv/bin/python" -I -c "from edge_detector import Detector; Detector.load('$prefix/bundle')")
     echo "install.sh: package installed; try: $prefix/venv/bin/edge-detector detect $prefix/bundle readings.csv"
 fi
 
 if [ "$with_user" = 1 ]; then
-    chown -R root:edge-detector "$prefix"
-    chmod -R g+rX,o-rwx "$prefix"
+    chown -R -h -P root:edge-detector "$prefix"             # a link's own owner, never its target's
+    find -P "$prefix" ! -type l -exec chmod g+rX,o-rwx {} +  # never through a link (the venv holds some)
 fi
 # the bundle must load, checked as the unprivileged user that will run it (never as root)
 if as_service_user test -x "$prefix/venv/bin/python"; then
@@ -173,7 +216,7 @@ if [ "$with_systemd" = 1 ]; then
         install -m 0644 "$here/edge-detector.service" /etc/systemd/system/edge-detector.service
         install -d -m 0750 -g edge-detector /etc/edge-detector
         if [ -n "$keys" ]; then
-            install -m 0644 "$keys" /etc/edge-detector/trusted-keys.pub
+            install -m 0644 "$private/trusted-keys.pub" /etc/edge-detector/trusted-keys.pub
         fi
         if [ ! -f /etc/default/edge-detector ]; then
             install -m 0640 -g edge-detector "$here/edge-detector.default" /etc/default/edge-detector

@@ -354,6 +354,8 @@ def evaluate(bundle, data, sensors, label_col, timestamp_col, model_dir, test_fr
     with reported(BundleError, InputError):
         result = evaluate_csv(bundle, data, test_fraction, engine, model_dir, _names(sensors), label_col,
                               timestamp_col)
+    for notice in result["notices"]:
+        _echo_err(with_flags(notice))
     _echo_err(with_flags(result["split"]))
     click.echo(comparison_table(result["modes"]))
     if json_out:
@@ -484,21 +486,27 @@ def package(bundle, out, sign_key):
 @click.option("--persistent-session/--clean-session", default=False, show_default=True,
               help="Keep the broker session across restarts (needs --client-id): readings sent while the bridge "
                    "is down wait at the broker, and each is acknowledged only once scored.")
+@click.option("--max-inbox-mb", type=click.FloatRange(1, 1024), default=32, show_default=True,
+              help="Memory for received messages waiting to be scored; when full, the rest of a burst waits at "
+                   "the broker (back-pressure). Keep it well under the unit's MemoryMax.")
 @with_options(trust_options)
 @watch_option
 def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format, engine, variant, mode, missing,
          gap_factor,
-         max_jump, client_id, username, password_file, tls_ca, tls_cert, tls_key, persistent_session, trusted_keys,
-         state_dir, watch):
+         max_jump, client_id, username, password_file, tls_ca, tls_cert, tls_key, persistent_session, max_inbox_mb,
+         trusted_keys, state_dir, watch):
     """Subscribe to a topic of JSON readings and publish alarm events to another topic.
 
     Needs the mqtt extra (paho-mqtt). Each message is one JSON reading keyed by sensor name,
     as in detect's JSON Lines input; an event's line is the message's sequence number.
     Rejected messages and notices go to stderr as JSON lines. SIGTERM or SIGINT finish the
     current message, wait for outstanding publishes, print the counts to stderr and exit 0.
-    No received reading is dropped: a stop scores every message already received, or, with
-    --persistent-session, leaves the unscored ones to the broker for the next start. A broker
-    that is down at start is retried, with a line on stderr per attempt. SIGHUP (systemctl
+    No reading is dropped or scored twice: each message is acknowledged once scored; a stop
+    scores every message already received, or, with --persistent-session, leaves the unscored
+    ones to the broker for the next start; a full inbox (--max-inbox-mb) makes the rest of a
+    burst wait at the broker; a reading the broker sends again is counted in "duplicates". A
+    broker that is down is retried, with a line on stderr per attempt; a broker certificate that
+    does not verify against --tls-ca ends the bridge with exit 1 and a sentence. SIGHUP (systemctl
     reload), or with --watch a change of the bundle, swaps in a new bundle between two messages,
     as for detect.
 
@@ -508,7 +516,8 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
         edge-detector mqtt bundle/ --host broker.plant --port 8883 --tls-ca ca.crt \\
             --username gw1 --password-file /etc/edge-detector/mqtt-password --trusted-keys owner.pub
     """
-    from edge_detector.mqtt import ClientIdMissing, PahoMissing, Tls, check_session, paho_client, run_bridge  # noqa: PLC0415
+    from edge_detector.mqtt import (ClientIdMissing, MqttConfigError, PahoMissing, Tls, check_session,  # noqa: PLC0415
+                                    paho_client, run_bridge)
     from edge_detector.runtime.reload import Reloader  # noqa: PLC0415
     try:
         check_session(persistent_session, client_id)
@@ -527,10 +536,12 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
                             variant=variant, watch=watch)
         detector = reloader.load()
     policy = StreamPolicy(missing=missing, gap_factor=gap_factor, max_jump=max_jump)
-    counts = run_bridge(detector, host=host, port=port, in_topic=in_topic, out_topic=out_topic, qos=qos,
-                        alarms_only=not all_events, policy=policy, output_format=output_format, client_id=client_id,
-                        username=username, password=password, err=sys.stderr, persistent_session=persistent_session,
-                        tls=Tls(tls_ca, tls_cert, tls_key), reloader=reloader)
+    with reported(MqttConfigError):
+        counts = run_bridge(detector, host=host, port=port, in_topic=in_topic, out_topic=out_topic, qos=qos,
+                            alarms_only=not all_events, policy=policy, output_format=output_format,
+                            client_id=client_id, username=username, password=password, err=sys.stderr,
+                            persistent_session=persistent_session, tls=Tls(tls_ca, tls_cert, tls_key),
+                            reloader=reloader, max_inbox_bytes=int(max_inbox_mb * 2**20))
     _echo_err(json.dumps({"stats": counts}))
 
 

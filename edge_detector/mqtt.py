@@ -20,46 +20,74 @@ again, verified with the same arguments, and swaps it in between two messages (a
 is waiting): each stream keeps its clock, held-back readings and counts, and starts a new warm-up.
 A bundle that does not verify is refused with a notice on stderr, and the old one keeps scoring.
 
-No received reading is dropped at a stop. The broker counts a QoS 1 message as delivered once
-the client acknowledges it, so:
+The bridge loses no reading and scores none twice, across stops, bursts and broker restarts (what a
+broker itself drops past its own limits it cannot see; see deploy/mosquitto-edge.conf).
 
-- with a clean session (the default), the bridge acknowledges on receipt; at a stop it
-  unsubscribes, waits for the broker's answer, then scores every message it has received;
-- with ``persistent_session`` (a fixed ``client_id``), it acknowledges each message only
-  after scoring it and stops without draining. The broker keeps the session, hands the
-  unacknowledged messages back at the next start, and queues what arrives meanwhile.
+- **Acknowledged once scored.** The bridge speaks MQTT 5 and acknowledges each QoS 1/2 message
+  only after it is scored (or rejected), on the connection it came on. With ``persistent_session``
+  (a fixed ``client_id``; the session never expires) the broker keeps what is unacknowledged: a
+  stop leaves the messages received but not scored to the broker, which hands them back at the
+  next start and queues what arrives meanwhile. With a clean session (the default) a stop
+  unsubscribes, waits for the broker's answer, then scores every message it has received.
+- **Back-pressure.** The inbox between the network thread and the scorer is bounded in messages
+  (``max_queue``) and in bytes (``max_inbox_bytes``, 32 MiB by default, well under the systemd
+  unit's ``MemoryMax=256M``). When it is full the network thread waits for the scorer instead of
+  dropping: it stops reading the socket and the broker stops getting acknowledgements, so the
+  rest of a burst waits at the broker, in flight to this client (the bridge asks for up to 65,535
+  in flight, MQTT 5's Receive Maximum) and then in its queue (mosquitto: ``max_queued_messages``,
+  1,000 by default, see deploy/mosquitto-edge.conf). Nothing is dropped by the bridge; what a
+  broker drops beyond its own limits it says in its log and ``$SYS`` counters.
+- **Redeliveries** (QoS 1 is "at least once": a broker restart sends every unacknowledged message
+  again) are known by the reading's identity (``mqtt_redelivery``: its stream, timestamp and
+  payload; without a timestamp, the broker's DUP flag and packet id), counted in "duplicates",
+  acknowledged, and neither scored nor rejected.
+- **Memory.** A message over ``max_payload`` bytes is rejected without being decoded, and the
+  broker is asked (MQTT 5's Maximum Packet Size) never to send one over 1 MiB, which it then
+  discards.
 
 No message can stop the bridge. A payload over ``max_payload`` bytes is rejected without being
 decoded; a payload that is not UTF-8 or not a valid reading is rejected with its reason; and a
 message whose scoring fails for any other reason (a bug) is rejected too, its traceback written
 to stderr, so one poison message cannot crash-loop a service that the broker keeps handing it
-back to. Every rejected message is acknowledged. The queue between the network thread and the
-scorer holds at most ``max_queue`` messages; beyond that a message is dropped, counted in
-"dropped", and said on stderr (with a persistent session the broker's in-flight limit keeps
-the queue short, so nothing is dropped there).
+back to. Every rejected message is acknowledged.
 
 Security: ``tls_ca`` (and ``tls_cert``/``tls_key`` for a client certificate) turn on TLS; the
 password comes from the caller (the CLI reads it from $MQTT_PASSWORD or --password-file, never
-from the command line). A broker that is down or unknown at start is retried with backoff
-(1 s doubling to 30 s), one line on stderr per failed attempt.
+from the command line). A broker that is down or unknown is retried with backoff (1 s doubling
+to 30 s), one line on stderr per failed attempt that names the error. A broker certificate that
+does not verify against ``tls_ca`` (another CA, an expired certificate, a host name it does not
+name) is a configuration error, not a network fault: ``run_bridge`` raises ``MqttConfigError``
+naming it, and the CLI exits 1 (so systemd shows the unit failed, with the sentence in the
+journal, and restarts it after ``RestartSec``: a gateway whose clock was wrong at boot recovers).
 """
 import contextlib
 import json
 import os
-import queue
+import ssl
 import sys
 import threading
+import time
 import traceback
 from typing import Callable, Dict, NamedTuple, Optional
 
-from edge_detector.runtime import Detector, InputError, Rejected, StreamPolicy, StreamScorer
+from edge_detector.mqtt_inbox import MAX_BYTES, MAX_MESSAGES, Inbox, Received
+from edge_detector.mqtt_redelivery import Redeliveries
+from edge_detector.runtime import Detector, InputError, Reading, Rejected, StreamPolicy, StreamScorer
 from edge_detector.runtime.engines import engine_notice
 from edge_detector.runtime.events import event_writer
 from edge_detector.runtime.readings import MAX_LINE_BYTES, parse_json_line
 from edge_detector.runtime.reload import Reloader
 from edge_detector.runtime.stream import StreamRouter, stop_signals
 
-MAX_QUEUE = 10000
+MAX_QUEUE = MAX_MESSAGES
+RECEIVE_MAXIMUM = 65535          # MQTT 5: the most unacknowledged messages the broker may send us at once
+MAX_PACKET = 2**20               # MQTT 5: the broker discards, rather than sends, a bigger packet
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+__all__ = ["Inbox", "MqttConfigError", "Received", "Tls", "parse_message", "run_bridge"]
+
+
+class MqttConfigError(Exception):
+    """A setting that no retry can fix (the broker's certificate does not verify): said in a sentence, exit 1."""
 
 
 class PahoMissing(RuntimeError):
@@ -99,16 +127,6 @@ class Tls(NamedTuple):
     ca: Optional[str] = None
     cert: Optional[str] = None
     key: Optional[str] = None
-
-
-class Received(NamedTuple):
-    """A message as the scorer gets it: its topic, its payload (None when it was too large to keep) and how to
-    ack it."""
-    mid: int
-    qos: int
-    payload: Optional[bytes]
-    size: int
-    topic: str = ""
 
 
 class Publisher:
@@ -166,55 +184,87 @@ class Notes:
             self.err.flush()
 
 
-class Inbox:
-    """The bounded queue of received messages, with the count of those dropped because it was full."""
+class Connection:
+    """What the network thread knows that the scorer needs: which connection is live (``generation``, counted
+    from 1 at each accepted connect: an acknowledgement is sent only on the connection its message came on), and
+    a configuration error that ends the bridge."""
 
-    def __init__(self, note: Notes, max_queue: int = MAX_QUEUE, max_payload: int = MAX_LINE_BYTES):
-        self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
-        self.note, self.max_payload, self.dropped, self.dropping = note, max_payload, 0, False
-
-    def put(self, message) -> None:
-        """Called on the network thread: keep the message (its payload only when small enough) or drop it."""
-        size = len(message.payload)
-        item = Received(message.mid, message.qos, message.payload if size <= self.max_payload else None, size,
-                        getattr(message, "topic", ""))
-        try:
-            self.queue.put_nowait(item)
-            self.dropping = self.dropping and self.queue.qsize() > self.queue.maxsize // 2
-        except queue.Full:
-            self.dropped += 1
-            if not self.dropping:
-                self.dropping = True
-                self.note({"notice": "the queue of received messages is full (%d): dropping messages until it "
-                                     "drains; see 'dropped' in the counts" % self.queue.maxsize})
+    def __init__(self):
+        self.generation = 0
+        self.fatal: Optional[MqttConfigError] = None
 
 
-def make_client(mqtt, client_id: str, persistent_session: bool, username: Optional[str], password: Optional[str],
-                tls: Tls):
-    """A paho client: clean or persistent session, user name and password, TLS when a CA is given."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent_session,
-                         manual_ack=persistent_session)
+def connect_failure(exc: Optional[BaseException], where: str, ca: Optional[str]):
+    """(sentence, fatal) for a failed connection attempt: a certificate that does not verify is a configuration
+    error (fatal); anything else is a network fault to retry, named."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = getattr(exc, "verify_message", None) or str(exc)
+        return ("the MQTT broker %s presented a TLS certificate that does not verify against the CA in %s: %s. "
+                "This is a configuration error (the CA file, or the broker's certificate and host name), not a "
+                "network fault, so the bridge stops instead of retrying" % (where, ca, why)), True
+    if isinstance(exc, ssl.SSLError):
+        return ("TLS handshake with the MQTT broker %s failed (%s: %s); retrying (1 s doubling to 30 s)"
+                % (where, type(exc).__name__, getattr(exc, "reason", None) or exc)), False
+    detail = " (%s: %s)" % (type(exc).__name__, exc) if exc is not None else ""
+    return "MQTT broker %s cannot be reached%s; retrying (1 s doubling to 30 s)" % (where, detail), False
+
+
+def connect_properties(mqtt, persistent_session: bool):
+    """MQTT 5 CONNECT properties: a session that never expires (persistent) or ends with the connection, the
+    most unacknowledged messages we take at once, and the largest packet we take."""
+    from paho.mqtt.packettypes import PacketTypes  # noqa: PLC0415
+    from paho.mqtt.properties import Properties  # noqa: PLC0415
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = SESSION_NEVER_EXPIRES if persistent_session else 0
+    props.ReceiveMaximum = RECEIVE_MAXIMUM
+    props.MaximumPacketSize = MAX_PACKET
+    return props
+
+
+def make_client(mqtt, client_id: str, username: Optional[str], password: Optional[str], tls: Tls):
+    """A paho MQTT 5 client that acknowledges by hand (once scored): user name and password, TLS when a CA is
+    given."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                         manual_ack=True)
     if username:
         client.username_pw_set(username, password)
     if tls.ca or tls.cert:
-        client.tls_set(ca_certs=tls.ca, certfile=tls.cert, keyfile=tls.key)
+        try:
+            client.tls_set(ca_certs=tls.ca, certfile=tls.cert, keyfile=tls.key)
+        except (ssl.SSLError, OSError) as exc:
+            raise MqttConfigError("cannot use the TLS files (CA %s, certificate %s, key %s): %s"
+                                  % (tls.ca, tls.cert, tls.key, exc)) from None
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     return client
 
 
 def attach_callbacks(client, note: Notes, inbox: Inbox, stop: threading.Event, unsubscribed: threading.Event,
-                     where: str, in_topic: str, out_topic: str, qos: int) -> None:
-    """Subscribe on every connect; say on stderr what the connection does; queue what arrives."""
+                     where: str, in_topic: str, out_topic: str, qos: int, link: Connection,
+                     ca: Optional[str] = None) -> None:
+    """Subscribe on every connect; say on stderr what the connection does; queue what arrives (waiting while the
+    inbox is full: back-pressure)."""
     def on_connect(client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
             note({"notice": "MQTT connection to %s refused: %s; retrying" % (where, reason_code)})
             return
+        link.generation += 1
         client.subscribe(in_topic, qos=qos)
 
     def on_connect_fail(client, userdata):
-        note({"notice": "MQTT broker %s cannot be reached; retrying (1 s doubling to 30 s)" % where})
+        # paho calls this inside its ``except OSError``: the exception is the one being handled
+        text, fatal = connect_failure(sys.exc_info()[1], where, ca)
+        if fatal:
+            if link.fatal is None:
+                link.fatal = MqttConfigError(text)
+                stop.set()
+            return
+        note({"notice": text})
 
     def on_subscribe(client, userdata, mid, reason_codes, properties):
+        failed = [str(code) for code in reason_codes if code.is_failure]
+        if failed:
+            note({"notice": "the broker %s refused the subscription to %s: %s" % (where, in_topic, ", ".join(failed))})
+            return
         note({"notice": "connected to %s, subscribed to %s, publishing to %s" % (where, in_topic, out_topic)})
 
     def on_disconnect(client, userdata, flags, reason_code, properties):
@@ -223,7 +273,7 @@ def attach_callbacks(client, note: Notes, inbox: Inbox, stop: threading.Event, u
 
     client.on_connect, client.on_connect_fail, client.on_subscribe = on_connect, on_connect_fail, on_subscribe
     client.on_disconnect = on_disconnect
-    client.on_message = lambda client, userdata, message: inbox.put(message)
+    client.on_message = lambda client, userdata, message: inbox.put(message, link.generation)
     client.on_unsubscribe = lambda client, userdata, mid, reason_codes, properties: unsubscribed.set()
 
 
@@ -234,87 +284,121 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
                keepalive: int = 60, err=None, stop: Optional[threading.Event] = None,
                stop_on_signals: bool = True, persistent_session: bool = False, tls: Optional[Tls] = None,
                max_queue: int = MAX_QUEUE, max_payload: int = MAX_LINE_BYTES,
-               reloader: Optional[Reloader] = None) -> Dict[str, int]:
-    """Run the bridge until SIGTERM/SIGINT (or ``stop`` is set); returns the stream's counts plus
-    "published" and "dropped". With ``reloader`` (the one that loaded ``detector``), a new bundle is swapped
-    in between two messages on SIGHUP (with ``stop_on_signals``) or, when it watches, when the bundle changes."""
+               reloader: Optional[Reloader] = None, max_inbox_bytes: int = MAX_BYTES,
+               inbox: Optional[Inbox] = None) -> Dict[str, int]:
+    """Run the bridge until SIGTERM/SIGINT (or ``stop`` is set); returns the stream's counts plus "published",
+    "duplicates" (redeliveries known and acknowledged, not scored) and "unscored" (received, not scored at the
+    stop: a persistent session's broker hands them back at the next start). With ``reloader`` (the one that
+    loaded ``detector``), a new bundle is swapped in between two messages on SIGHUP (with ``stop_on_signals``)
+    or, when it watches, when the bundle changes. Raises MqttConfigError for a broker certificate that does not
+    verify. ``inbox`` (made here from ``max_queue``, ``max_inbox_bytes`` and ``max_payload`` when not given) is
+    for a caller that watches its figures."""
     check_session(persistent_session, client_id)
     mqtt = paho_client()
     note = Notes(err if err is not None else sys.stderr)
     if engine_notice(detector.engine):
         note({"notice": engine_notice(detector.engine)})           # what --engine auto chose, as detect says it
     stop = stop if stop is not None else threading.Event()
-    inbox, unsubscribed = Inbox(note, max_queue, max_payload), threading.Event()
-    client = make_client(mqtt, client_id or "edge-detector-%d" % os.getpid(), persistent_session, username, password,
-                         tls or Tls())
-    attach_callbacks(client, note, inbox, stop, unsubscribed, "%s:%d" % (host, port), in_topic, out_topic, qos)
-    client.connect_async(host, port, keepalive)
+    inbox = inbox if inbox is not None else Inbox(max_queue, max_inbox_bytes, max_payload)
+    unsubscribed, link = threading.Event(), Connection()
+    client = make_client(mqtt, client_id or "edge-detector-%d" % os.getpid(), username, password, tls or Tls())
+    where = "%s:%d" % (host, port)
+    attach_callbacks(client, note, inbox, stop, unsubscribed, where, in_topic, out_topic, qos, link,
+                     (tls or Tls()).ca)
+    client.connect_async(host, port, keepalive, clean_start=not persistent_session,
+                         properties=connect_properties(mqtt, persistent_session))
     client.loop_start()
     publisher = Publisher(client, out_topic, qos)
     keyed = is_wildcard(in_topic)
     scorer = (StreamRouter if keyed else StreamScorer)(
         detector, event_writer(output_format, publisher, detector.sensors), note.err, alarms_only, policy)
     between = (lambda line=None: reloader.between(scorer, note, line)) if reloader is not None else None
-    handle = message_handler(scorer, client, note, persistent_session, inbox.max_payload, keyed, between)
+    seen = Redeliveries()
+    handle = message_handler(scorer, client, note, inbox.max_payload, keyed, between, seen, link)
     reload = reloader.request if reloader is not None else None
     signals = stop_signals(lambda signum, frame: stop.set(), reload) if stop_on_signals else contextlib.nullcontext()
     try:
         with signals:
-            consume(inbox.queue, handle, stop, between)
-            if not persistent_session:
-                drain(client, inbox.queue, handle, in_topic, unsubscribed, note, mqtt.MQTT_ERR_SUCCESS)
+            consume(inbox, handle, stop, between)
+            if not persistent_session and link.fatal is None:
+                drain(client, inbox, handle, in_topic, unsubscribed, note, mqtt.MQTT_ERR_SUCCESS)
             scorer.flush_pending()
     finally:
         stop.set()
+        inbox.close()                        # a put waiting for room gives its message up, unacknowledged
         publisher.wait()
         client.disconnect()
         client.loop_stop()
-    return dict(scorer.counts(), published=publisher.published, dropped=inbox.dropped)
+    if link.fatal is not None:
+        raise link.fatal
+    return dict(scorer.counts(), published=publisher.published, duplicates=seen.count,
+                unscored=len(inbox) + inbox.given_up)
 
 
-def message_handler(scorer: StreamScorer, client, note: Notes, persistent_session: bool, max_payload: int,
-                    keyed: bool = False, between: Optional[Callable] = None):
-    """handle(received): score or reject one message, whatever it holds, then acknowledge it (persistent session).
-    ``between(n)``, when given, runs first: a new bundle asked for is swapped in before message n is scored."""
+def message_handler(scorer: StreamScorer, client, note: Notes, max_payload: int, keyed: bool = False,
+                    between: Optional[Callable] = None, seen: Optional[Redeliveries] = None,
+                    link: Optional[Connection] = None):
+    """handle(received): drop a redelivery (counted in ``seen``), or score or reject one message, whatever it
+    holds; then acknowledge it, on the connection it came on only. ``between(n)``, when given, runs first: a new
+    bundle asked for is swapped in before message n is scored."""
     count = [0]
+    seen = seen if seen is not None else Redeliveries()
+    link = link if link is not None else Connection()
 
     def handle(message: Received) -> None:
-        count[0] += 1
-        n = count[0]
+        n = count[0] + 1
         if between is not None:
             between(n)
-        try:
-            scorer.feed(parse_message(message, scorer.detector.sensors, n, max_payload, keyed))
-        except Exception as exc:  # a bug: its traceback goes to stderr, and the message does not stop the bridge
-            note({"line": n, "notice": "internal error while scoring this message", "traceback": traceback.format_exc()})
-            stats = scorer.counts()
-            if stats["read"] > stats["scored"] + stats["rejected"]:
-                scorer.reject(n, "internal error: %s: %s" % (type(exc).__name__, exc))
-        if persistent_session:
-            client.ack(message.mid, message.qos)      # scored (or rejected): the broker may forget it
+        item = parse_message(message, scorer.detector.sensors, n, max_payload, keyed)
+        time_ns = item.time_ns if isinstance(item, Reading) else None
+        if not seen.check(message.topic, time_ns, message.payload, message.mid, message.dup, message.size):
+            count[0] = n                              # a redelivery takes no message number
+            feed(scorer, note, item, n)
+        if message.qos and message.generation == link.generation:
+            client.ack(message.mid, message.qos)      # scored, rejected or known again: the broker may forget it
     return handle
 
 
-def consume(inbox: queue.Queue, handle, stop: threading.Event, idle: Optional[Callable] = None) -> None:
+def feed(scorer: StreamScorer, note: Notes, item, n: int) -> None:
+    """Score or reject one parsed message; a bug while scoring rejects it with its traceback on stderr."""
+    try:
+        scorer.feed(item)
+    except Exception as exc:  # a bug: its traceback goes to stderr, and the message does not stop the bridge
+        note({"line": n, "notice": "internal error while scoring this message", "traceback": traceback.format_exc()})
+        stats = scorer.counts()
+        if stats["read"] > stats["scored"] + stats["rejected"]:
+            scorer.reject(n, "internal error: %s: %s" % (type(exc).__name__, exc))
+
+
+def consume(inbox: Inbox, handle, stop: threading.Event, idle: Optional[Callable] = None) -> None:
     """Handle received messages, in order, until ``stop`` is set; ``idle()`` (when given) runs whenever none has
     come for 0.2 s, so that a reload asked for while no message arrives is done at once."""
     while not stop.is_set():
-        try:
-            message = inbox.get(timeout=0.2)
-        except queue.Empty:
+        message = inbox.get(timeout=0.2)
+        if message is None:
             if idle is not None:
                 idle()
             continue
         handle(message)
 
 
-def drain(client, inbox: queue.Queue, handle, topic: str, unsubscribed: threading.Event, note, success: int) -> None:
-    """Clean session: stop the flow, then handle everything already received.
-
-    Messages were acknowledged on receipt, so the broker will not send them again.
-    """
+def drain(client, inbox: Inbox, handle, topic: str, unsubscribed: threading.Event, note, success: int,
+          patience: float = 5.0) -> None:
+    """Clean session: stop the flow, then handle everything received. Messages keep being handled while the
+    broker's answer is awaited (the network thread may be waiting for room in the inbox to read it); without an
+    answer for ``patience`` seconds of no progress, what has arrived is scored."""
     result, _ = client.unsubscribe(topic)
-    if result == success and not unsubscribed.wait(5):
-        note({"notice": "no answer to the unsubscribe within 5 s; scoring what has arrived"})
-    while not inbox.empty():
-        handle(inbox.get_nowait())
+    deadline = time.monotonic() + patience
+    while result == success and not unsubscribed.is_set():
+        message = inbox.get(timeout=0.1)
+        if message is not None:
+            handle(message)
+            deadline = time.monotonic() + patience
+        elif time.monotonic() > deadline:
+            note({"notice": "no answer to the unsubscribe within %g s; scoring what has arrived" % patience})
+            break
+    while True:
+        message = inbox.get(timeout=0)
+        if message is None:
+            return
+        handle(message)

@@ -190,3 +190,27 @@ def broker(tmp_path_factory):
     yield port
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture
+def restartable(open_dir):
+    """A mosquitto with persistence on (its own folder, open to the 'mosquitto' user that a root-started broker
+    becomes), that a test may restart on the same port."""
+    pytest.importorskip("paho.mqtt.client", reason="paho-mqtt (the mqtt extra) is not installed")
+    burst = load_benchmark("mqtt_burst")
+    try:
+        burst.mosquitto_exe()
+    except SystemExit:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto): these cases need a real broker")
+    folder = open_dir / "broker"
+    folder.mkdir()
+
+    def make(extra=""):
+        broker = burst.Broker(str(folder), extra)
+        broker.start()
+        made.append(broker)
+        return broker
+    made = []
+    yield make
+    for broker in made:
+        broker.stop(kill=True)

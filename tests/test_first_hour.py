@@ -183,7 +183,7 @@ def test_the_bridge_retries_a_broker_that_is_not_there(trained, host):
     _, err = proc.communicate(timeout=30)
     assert alive, err                                    # it did not die at the first refusal
     assert proc.returncode == 0 and "Traceback" not in err, err
-    assert "cannot be reached; retrying" in err
+    assert "cannot be reached (" in err and "); retrying" in err          # with the error named (issue 21)
 
 
 # ------------------------------------------------------------------ firmware_example.py

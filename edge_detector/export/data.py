@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_detector.export.files import atomic_file
 from edge_detector.runtime import InputError, Layout, Reading, Rejected
-from edge_detector.runtime.readings import open_csv
+from edge_detector.runtime.readings import ignored_notice, open_csv
 
 ANOMALY_KINDS = ("spike", "drop", "contextual", "collective")
 MINUTES_PER_DAY = 1440
@@ -145,6 +145,15 @@ def read_csv(path: str, sensors: Optional[Sequence[str]] = None, label_col: Opti
                                  % (path, item.line, ", ".join(layout.sensor_names[k] for k in missing)))
             readings.append(item)
     return layout, readings
+
+
+def header_notice(path: str, sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,
+                  timestamp_col: Optional[str] = None) -> str:
+    """What ``detect`` says of this CSV's header (its columns that are not scored; '' for none), from the header
+    line alone."""
+    with open(path, "r", encoding="utf-8", newline="") as fh:
+        layout, _ = open_csv(fh, sensors, label_col, timestamp_col)
+    return ignored_notice(layout)
 
 
 def load_csv(path: str, sensors: Optional[Sequence[str]] = None, label_col: Optional[str] = None,

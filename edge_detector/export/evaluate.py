@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edge_detector.export.data import ANOMALY_KINDS, Dataset, load_csv
+from edge_detector.export.data import ANOMALY_KINDS, Dataset, header_notice, load_csv
 from edge_detector.export.metrics import aucs, confusion, continuous_scores, rates, split_start
 from edge_detector.runtime import MODES, Detector, InputError, batch_features, load_manifest
 
@@ -99,13 +99,16 @@ def test_split(manifest: dict, data: Dataset, test_fraction: Optional[float]) ->
 def evaluate_csv(bundle: str, path: str, test_fraction: Optional[float] = None, engine: str = "numpy",
                  model_dir: Optional[str] = None, sensors: Optional[Sequence[str]] = None,
                  label_col: Optional[str] = None, timestamp_col: Optional[str] = None) -> dict:
-    """``evaluate`` on a CSV file's test rows (see ``test_split``): {"rows", "start", "split", "modes": report}."""
+    """``evaluate`` on a CSV file's test rows (see ``test_split``): {"rows", "start", "split", "notices", "modes":
+    report}; "notices" holds what ``detect`` would say of the file's header (columns it does not score)."""
     manifest = load_manifest(bundle)
-    data = load_csv(path, sensors=list(sensors or manifest["sensors"]), label_col=label_col,
-                    timestamp_col=timestamp_col)
+    names = list(sensors or manifest["sensors"])
+    data = load_csv(path, sensors=names, label_col=label_col, timestamp_col=timestamp_col)
+    notice = header_notice(path, names, label_col, timestamp_col)
     start, why = test_split(manifest, data, test_fraction)
     report = evaluate(bundle, data, start=start, engine=engine, model_dir=model_dir)
-    return {"rows": len(data.values) - start, "start": start, "split": why, "modes": report}
+    return {"rows": len(data.values) - start, "start": start, "split": why,
+            "notices": ["%s line 1: %s" % (path, notice)] if notice else [], "modes": report}
 
 
 def comparison_table(report: Dict[str, dict], kinds: Sequence[str] = ANOMALY_KINDS) -> str:

@@ -142,8 +142,20 @@ def find_machines(data: str, asset_col: Optional[str] = None) -> List[Machine]:
         raise InputError("fleet data %r: no such file or folder" % data)
     if not machines:
         raise InputError("fleet data %r holds no machine (no .csv file)" % data)
+    check_distinct(machines)
     check_folders(m.name for m in machines)
     return machines
+
+
+def check_distinct(machines: Sequence[Machine]) -> None:
+    """InputError when two machines have one name ignoring case (``pump.csv`` and ``pump.CSV`` are both ``pump``;
+    ``Pump`` and ``pump`` share a folder on a case-insensitive file system): one would replace the other."""
+    seen: Dict[str, Machine] = {}
+    for m in machines:
+        first = seen.setdefault(m.name.casefold(), m)
+        if first is not m:
+            raise InputError("machines %r (from %s) and %r (from %s) have the same name ignoring case: one would "
+                             "replace the other; rename one" % (first.name, first.source, m.name, m.source))
 
 
 def check_folders(names: Iterable[str]) -> None:

@@ -37,27 +37,28 @@ RUN_SH = r"""#!/bin/sh
 #   ./run.sh --format influx < readings.csv        # InfluxDB line protocol (Telegraf inputs.execd)
 #   ./run.sh bench readings.csv --json device.json # the device bench (latency, RSS, streams)
 # PYTHON selects the interpreter (default: python3). Every argument goes to the runtime
-# (python3 -m runtime bundle/ ARGS).
+# (python3 -m runtime bundle/ ARGS). Python runs isolated (-I): only this folder's runtime/ is
+# imported, never one in the working directory, PYTHONPATH or the user's site-packages.
 set -eu
 here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
 python=${PYTHON:-python3}
-if ! "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' 2>/dev/null; then
+if ! "$python" -I -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' 2>/dev/null; then
     echo "run.sh: $python is missing or older than Python 3.9" >&2
     exit 1
 fi
-if ! "$python" -c 'import sys, numpy; v = tuple(int(p) for p in numpy.__version__.split(".")[:2]); sys.exit(0 if v >= (1, 24) else 1)' 2>/dev/null; then
+if ! "$python" -I -c 'import sys, numpy; v = tuple(int(p) for p in numpy.__version__.split(".")[:2]); sys.exit(0 if v >= (1, 24) else 1)' 2>/dev/null; then
     echo "run.sh: $python needs numpy >= 1.24 (Debian/Raspberry Pi OS: apt install python3-numpy; else pip install numpy)" >&2
     exit 1
 fi
-PYTHONUNBUFFERED=1
-export PYTHONUNBUFFERED
-PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONPATH
+# -I: no working directory, PYTHON* variables or user site on sys.path; -u: every line written at once
+run_runtime() {
+    exec "$python" -I -u -c 'import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); runpy.run_module("runtime", run_name="__main__", alter_sys=True)' "$here" "$@"
+}
 if [ "${1:-}" = bench ]; then
     shift
-    exec "$python" -m runtime bench "$here/bundle" "$@"       # ./run.sh bench readings.csv: the device bench
+    run_runtime bench "$here/bundle" "$@"       # ./run.sh bench readings.csv: the device bench
 fi
-exec "$python" -m runtime "$here/bundle" "$@"
+run_runtime "$here/bundle" "$@"
 """
 
 DEVICE_README = """# edge-detector for this gateway

@@ -7,9 +7,9 @@ the weights' array names, dtypes and shapes from their headers, before their dat
 Every refusal is a ``BundleError`` that names the file or field.
 """
 import hashlib
+import io
 import json
 import os
-import stat
 import zipfile
 from typing import Dict, NamedTuple, Optional
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import BundleError
 from .features import FeatureSpec, feature_names
+from .plainfile import read_plain_file, sha256_plain_file
 from .schema import check_manifest, check_weights
 from .trust import Trust, check_signed, check_version
 
@@ -28,6 +29,7 @@ ONNX_FILE = "iforest.onnx"
 REQUIRED_FIELDS = ("sensors", "feature_spec", "window", "scale", "clip", "thresholds", "files", "tail",
                    "manifest_sha256")
 MAX_MANIFEST_BYTES = 8 * 2 ** 20
+MAX_FILE_BYTES = 256 * 2 ** 20        # any file a bundle lists (its weights unpack to at most 64 MiB)
 
 
 class Bundle(NamedTuple):
@@ -43,26 +45,16 @@ class Bundle(NamedTuple):
             raise BundleError("bundle %r has no %s for this engine" % (self.path, name))
         return os.path.join(self.path, name)
 
-
-def read_plain_file(path: str, limit: Optional[int] = None) -> bytes:
-    """The bytes of a regular file, never through a symlink; BundleError naming it otherwise (or beyond ``limit``)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise BundleError("%s cannot be opened as a plain file (%s)" % (path, exc.strerror or exc)) from None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise BundleError("%s is not a regular file" % path)
-        data = fh.read() if limit is None else fh.read(limit + 1)
-    if limit is not None and len(data) > limit:
-        raise BundleError("%s is larger than %d bytes" % (path, limit))
-    return data
+    def read(self, name: str) -> bytes:
+        """The bytes of a file the manifest lists, read once and checked against its sha256 (``read_verified``): an
+        engine that loads these runs what was verified, whoever swaps the file after the load's checks."""
+        self.file(name)                                   # BundleError when the manifest lists no such file
+        return read_verified(self.path, name, self.manifest["files"][name])
 
 
 def sha256_file(path: str) -> str:
-    return hashlib.sha256(read_plain_file(path)).hexdigest()
+    """The sha256 of a bundle file (a regular file of at most MAX_FILE_BYTES), read in pieces."""
+    return sha256_plain_file(path, MAX_FILE_BYTES)
 
 
 def manifest_digest(manifest: dict) -> str:
@@ -143,11 +135,26 @@ def verified_manifest(path: str, data: bytes) -> dict:
     return manifest
 
 
-def load_weights(path: str, n_sensors: int) -> Dict[str, np.ndarray]:
-    """The NumPy engine's named arrays, after their names, dtypes and shapes were checked. Never unpickles."""
+def read_verified(path: str, name: str, expected: str) -> bytes:
+    """The bytes of the bundle file ``name``, read once and checked against the manifest's sha256 ``expected``:
+    what was checked is what is used, whoever swaps the file after ``check_files``."""
     try:
-        check_weights(path, n_sensors)
-        with np.load(path, allow_pickle=False) as npz:
+        data = read_plain_file(os.path.join(path, name), MAX_FILE_BYTES)
+    except FileNotFoundError:
+        raise BundleError("bundle %r: file %s is listed in the manifest but missing" % (path, name)) from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise BundleError("bundle %r: file %s has sha256 %s, the manifest says %s"
+                          % (path, name, actual[:16] + "...", str(expected)[:16] + "..."))
+    return data
+
+
+def load_weights(path: str, n_sensors: int, data: Optional[bytes] = None) -> Dict[str, np.ndarray]:
+    """The NumPy engine's named arrays, after their names, dtypes and shapes were checked. Never unpickles.
+    ``data``: the file's bytes, already read and verified (``read_verified``); else it is read from ``path``."""
+    try:
+        check_weights(path, n_sensors, io.BytesIO(data) if data is not None else None)
+        with np.load(io.BytesIO(data) if data is not None else path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except BundleError:
         raise
@@ -175,7 +182,8 @@ def load_bundle(path: str, trust: Optional[Trust] = None) -> Bundle:
     data = read_manifest_bytes(path)
     signer = check_signed(path, data, trust) if trust is not None else None
     manifest = verified_manifest(path, data)
-    arrays = load_weights(os.path.join(path, WEIGHTS), len(manifest["sensors"]))
+    weights = read_verified(path, WEIGHTS, manifest["files"][WEIGHTS])    # the bytes checked are the bytes used
+    arrays = load_weights(os.path.join(path, WEIGHTS), len(manifest["sensors"]), weights)
     check_forest(manifest, arrays)
     if trust is not None:
         check_version(path, manifest, trust)

@@ -13,7 +13,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .bundle import ONNX_FILE, TFLITE_FILE, Bundle, forest_arrays, load_bundle
-from .trust import Trust
+from .trust import Trust, record_version
 from .engines import ENGINE_CHOICES, OnnxStage1, TFLiteStage2, numpy_stage1, numpy_stage2, stage_engines
 from .errors import MAX_ABS_VALUE, BundleError, InputError, check_choice, valid_values
 from .features import FeatureSpec, FeatureState, batch_features, features_of_states
@@ -140,12 +140,14 @@ class Detector:
     def _stages(self, bundle: Bundle, engine: str, threads: Optional[int]):
         stage1_engine, stage2_engine = stage_engines(engine)
         if stage1_engine == "onnx":
-            stage1 = OnnxStage1(bundle.file(ONNX_FILE), float(self.manifest["iforest_offset"]), threads)
+            stage1 = OnnxStage1(bundle.file(ONNX_FILE), float(self.manifest["iforest_offset"]), threads,
+                                model=bundle.read(ONNX_FILE))
         else:
             stage1 = numpy_stage1(forest_arrays(bundle.arrays))
         if stage2_engine == "numpy":
             return stage1, numpy_stage2(bundle.arrays)
-        stage2 = TFLiteStage2(bundle.file(self.variant["file"] if self.variant else TFLITE_FILE), threads)
+        name = self.variant["file"] if self.variant else TFLITE_FILE
+        stage2 = TFLiteStage2(bundle.file(name), threads, model=bundle.read(name))
         expected = (1, self.window, len(self.sensors))
         if stage2.input_shape != expected:
             raise BundleError("%s: input shape %s does not match the manifest's window and sensors %s"
@@ -156,17 +158,22 @@ class Detector:
 
     @classmethod
     def load(cls, path: str, engine: str = "numpy", mode: str = "hybrid", threads: Optional[int] = None,
-             trust: Optional[Trust] = None, variant: Optional[str] = None) -> "Detector":
+             trust: Optional[Trust] = None, variant: Optional[str] = None, record: bool = True) -> "Detector":
         """Load a bundle directory, verifying its manifest and checksums first (and, with ``trust``, its signature
         and version: ``trust.load_trust(keys_file)``). ``variant`` picks a quantized stage-2 model (float16,
-        dynamic, int8: ``export --quantize``) for the tflite engine, with its own threshold."""
+        dynamic, int8: ``export --quantize``) for the tflite engine, with its own threshold. With ``trust``, the
+        version is recorded in the ledger once the Detector is built, unless ``record`` is False (a caller with
+        checks of its own records it with ``trust.record_version`` once the bundle is accepted)."""
         check_choice("engine", engine, ENGINE_CHOICES)
         check_choice("mode", mode, MODES)
         bundle = load_bundle(path, trust)
         try:
-            return cls(bundle, engine=engine, mode=mode, threads=threads, variant=variant)
+            detector = cls(bundle, engine=engine, mode=mode, threads=threads, variant=variant)
         except KeyError as exc:
             raise BundleError("bundle %r: weights or manifest lack %s" % (path, exc)) from None
+        if trust is not None and record:
+            record_version(path, detector.manifest, trust)
+        return detector
 
     @property
     def engines(self) -> Dict[str, str]:

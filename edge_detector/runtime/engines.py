@@ -57,10 +57,14 @@ class TFLiteStage2:
     """The fused-LSTM TFLite model, batch 1, invoked once per window."""
     name = "tflite"
 
-    def __init__(self, model_path: str, threads: Optional[int] = None):
+    def __init__(self, model_path: str, threads: Optional[int] = None, model: Optional[bytes] = None):
+        """``model``: the model's bytes, already read and verified (else it is read from ``model_path``)."""
         interpreter_class = tflite_interpreter_class()
         try:
-            self.interpreter = interpreter_class(model_path=model_path, num_threads=threads)
+            if model is not None:
+                self.interpreter = interpreter_class(model_content=model, num_threads=threads)
+            else:
+                self.interpreter = interpreter_class(model_path=model_path, num_threads=threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise BundleError("%s: not a loadable TFLite model (%s)" % (model_path, exc)) from None
@@ -87,7 +91,8 @@ class OnnxStage1:
     """skl2onnx's IsolationForest graph through onnxruntime."""
     name = "onnx"
 
-    def __init__(self, model_path: str, offset: float, threads: Optional[int] = None):
+    def __init__(self, model_path: str, offset: float, threads: Optional[int] = None, model: Optional[bytes] = None):
+        """``model``: the model's bytes, already read and verified (else it is read from ``model_path``)."""
         try:
             import onnxruntime as ort  # noqa: PLC0415 (optional, lazy)
         except ImportError:
@@ -98,8 +103,9 @@ class OnnxStage1:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        with open(model_path, "rb") as fh:
-            model = fh.read()
+        if model is None:
+            with open(model_path, "rb") as fh:
+                model = fh.read()
         try:
             # From bytes, so the model has no folder: a bundle's ONNX model can refer to no external data file.
             self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])

@@ -363,11 +363,17 @@ def read_lines(lines: Iterable[Union[bytes, str]], sensors: Sequence[str],
                 yield Rejected(n, "not a CSV header naming the sensors, nor a JSON reading (%s)%s"
                                % (exc, _looks_like_data(text, sensors)))
                 continue
-            ignored = ignored_columns(layout)
-            if ignored:
-                yield Notice(n, "columns ignored (not sensors of this bundle): %s" % ", ".join(ignored))
+            notice = ignored_notice(layout)
+            if notice:
+                yield Notice(n, notice)
             yield from _csv_items(it, layout, n + 1)
             return
+
+
+def ignored_notice(layout: Layout) -> str:
+    """What ``detect`` and ``evaluate`` say of a header's columns that are not scored ('' when every one is used)."""
+    ignored = ignored_columns(layout)
+    return "columns ignored (not sensors of this bundle): %s" % ", ".join(ignored) if ignored else ""
 
 
 def ignored_columns(layout: Layout) -> List[str]:

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Tuple
 from .bundle import MANIFEST
 from .detector import Detector
 from .errors import BundleError
-from .trust import Trust
+from .trust import Trust, record_version
 
 WATCH_INTERVAL_S = 1.0       # --watch stats the bundle at most this often
 Stat = Optional[Tuple[int, int, int, int]]
@@ -97,11 +97,12 @@ class Reloader:
         self.polled = clock()
         self.reloads = self.refused = 0
 
-    def load(self) -> Detector:
+    def load(self, record: bool = True) -> Detector:
         """The bundle at ``path`` as a Detector, verified with this Reloader's arguments; BundleError if it does not
-        verify. What ``poll`` compares against is taken first, so a change made during the load is seen."""
+        verify. What ``poll`` compares against is taken first, so a change made during the load is seen. ``record``:
+        see ``Detector.load`` (``swap`` records the version itself, once the bundle passed its own checks too)."""
         self.seen = bundle_signature(self.path)
-        return Detector.load(self.path, **self.options)
+        return Detector.load(self.path, record=record, **self.options)
 
     def request(self, signum=None, frame=None) -> None:
         """The SIGHUP handler: a reload before the next reading. Only sets a flag, so it is safe at any moment."""
@@ -135,10 +136,12 @@ class Reloader:
         """
         self.requested = False                       # a SIGHUP during the load asks again
         try:
-            new = self.load()
+            new = self.load(record=False)
             problem = _sensor_change(target.detector, new)
             if problem:
                 raise BundleError("bundle %r: %s" % (self.path, problem))
+            if self.options["trust"] is not None:    # accepted: only now is its version recorded
+                record_version(self.path, new.manifest, self.options["trust"])
         except Exception as exc:  # noqa: BLE001 (whatever fails, the old bundle keeps scoring)
             self.refused += 1
             reason = str(exc) if isinstance(exc, BundleError) else "%s: %s" % (type(exc).__name__, exc)

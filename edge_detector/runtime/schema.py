@@ -183,10 +183,11 @@ def check_manifest(m: dict) -> None:
 # weights.npz: member names, dtypes and shapes from the .npy headers, before any data is read
 # --------------------------------------------------------------------------------------------------
 
-def npz_headers(path: str) -> Dict[str, Tuple[Tuple[int, ...], str]]:
-    """{array name: (shape, dtype string)} of an .npz, read from each member's header alone."""
+def npz_headers(path: str, source=None) -> Dict[str, Tuple[Tuple[int, ...], str]]:
+    """{array name: (shape, dtype string)} of an .npz, read from each member's header alone (from ``source``, a
+    binary file object of its bytes, when given; ``path`` names it)."""
     out = {}
-    with zipfile.ZipFile(path) as z:
+    with zipfile.ZipFile(source if source is not None else path) as z:
         members = z.infolist()
         if len(members) > 64:
             raise BundleError("%s holds %d arrays; a bundle's weights have at most 64" % (path, len(members)))
@@ -235,9 +236,10 @@ def expected_arrays(headers: Dict[str, Tuple[Tuple[int, ...], str]], n_sensors: 
     return out
 
 
-def check_weights(path: str, n_sensors: int) -> None:
-    """Refuse weights whose arrays are unknown, missing, or of the wrong dtype or shape, before reading their data."""
-    headers = npz_headers(path)
+def check_weights(path: str, n_sensors: int, source=None) -> None:
+    """Refuse weights whose arrays are unknown, missing, or of the wrong dtype or shape, before reading their data
+    (read from ``source``, a file object, when given)."""
+    headers = npz_headers(path, source)
     expected = expected_arrays(headers, n_sensors)
     unknown = sorted(set(headers) - set(expected))
     if unknown:

@@ -17,6 +17,7 @@ import tempfile
 from typing import List, NamedTuple, Tuple
 
 from .errors import BundleError
+from .plainfile import read_plain_file
 
 MAGIC = b"SSHSIG"
 KEY_TYPE = b"ssh-ed25519"
@@ -24,6 +25,7 @@ BUNDLE_NAMESPACE = "edge-detector-bundle"
 ARMOR_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 ARMOR_END = "-----END SSH SIGNATURE-----"
 MAX_SIGNATURE_BYTES = 4096
+MAX_KEYS_BYTES = 1 << 20          # a trusted-keys file: thousands of keys
 
 
 class Signature(NamedTuple):
@@ -78,10 +80,12 @@ def parse_public_keys(text: str, source: str) -> List[bytes]:
 
 
 def load_public_keys(path: str) -> List[bytes]:
-    """The trusted keys in ``path`` (an OpenSSH public-key file, one or more keys)."""
+    """The trusted keys in ``path`` (an OpenSSH public-key file, one or more keys, at most MAX_KEYS_BYTES: a larger
+    file is refused as a whole, never read in part). A symlink to the file is followed; a FIFO is refused."""
     try:
-        with open(path, "r", encoding="utf-8") as fh:
-            text = fh.read(1 << 20)
+        text = read_plain_file(path, MAX_KEYS_BYTES, follow=True).decode("utf-8")
+    except BundleError as exc:
+        raise BundleError("trusted keys: %s" % exc) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise BundleError("trusted keys %s cannot be read (%s)" % (path, exc)) from None
     return parse_public_keys(text, path)
@@ -94,7 +98,7 @@ def parse_signature(armored: bytes) -> Signature:
     if len(lines) < 3 or lines[0] != ARMOR_BEGIN or lines[-1] != ARMOR_END:
         raise ValueError("not an SSH signature (no BEGIN/END SSH SIGNATURE armor)")
     blob = base64.b64decode("".join(lines[1:-1]), validate=True)
-    if blob[:6] != MAGIC or struct.unpack(">I", blob[6:10])[0] != 1:
+    if len(blob) < 10 or blob[:6] != MAGIC or struct.unpack(">I", blob[6:10])[0] != 1:
         raise ValueError("not an SSHSIG version 1 signature")
     at = 10
     public_key, at = _read_string(blob, at)
@@ -167,7 +171,7 @@ def verify(message: bytes, armored: bytes, trusted: List[bytes], namespace: str,
         raise BundleError("%s: the signature file is larger than %d bytes" % (what, MAX_SIGNATURE_BYTES))
     try:
         sig = parse_signature(armored)
-    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+    except (ValueError, UnicodeDecodeError, binascii.Error, struct.error) as exc:   # every way a parse can fail
         raise BundleError("%s: the signature cannot be read (%s)" % (what, exc)) from None
     if sig.namespace != namespace:
         raise BundleError("%s: the signature is for %r, not %r" % (what, sig.namespace, namespace))
