@@ -12,6 +12,7 @@ import time
 import click
 
 from edge_detector import __version__
+from edge_detector.export.data import PROFILES as DATA_PROFILES
 from edge_detector.export.train import PRESETS   # numpy and the runtime only; TensorFlow loads inside train()
 from edge_detector.runtime import (
     DEFAULT_GAP_FACTOR, DEFAULT_MAX_JUMP_S, ENGINE_CHOICES, MISSING_POLICIES, MODES, OUTPUT_FORMATS, BundleError,
@@ -141,17 +142,23 @@ def cli():
 @cli.command(short_help="Write synthetic sensor data with labelled anomalies.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
 @click.option("--seed", default=42, show_default=True, help="Random seed; the same seed writes the same file.")
-@click.option("--n", "n", default=10_000, show_default=True, type=click.IntRange(min=1000),
-              help="Number of one-minute readings.")
-def generate(out, seed, n):
-    """Write synthetic sensor data: 4 sensors with labelled spikes, drops, contextual and collective anomalies.
+@click.option("--n", "n", default=None, type=click.IntRange(min=1000),
+              help="Number of one-minute readings [10,000; notebook: 5,000].")
+@click.option("--profile", type=click.Choice(list(DATA_PROFILES)), default="sensors", show_default=True,
+              help="sensors: 4 sensors with spikes, drops, contextual and collective anomalies; notebook: the seed "
+              "notebook's experiment, 3 sensors with 50 readings shifted by the same +-5 on all three.")
+def generate(out, seed, n, profile):
+    """Write synthetic sensor data: 4 sensors with labelled spikes, drops, contextual and collective anomalies
+    (or, with --profile notebook, the seed notebook's 3 sensors and 50 shifts of +-5).
 
-    Example:
+    Examples:
 
+    \b
         edge-detector generate --out data.csv --seed 42
+        edge-detector generate --profile notebook --out notebook.csv
     """
     from edge_detector.export.data import generate_csv  # noqa: PLC0415
-    data = generate_csv(out, n=n, seed=seed)
+    data = generate_csv(out, n=n, seed=seed, profile=profile)
     click.echo("wrote %s: %d readings, %d sensors, %.2f%% anomalous"
                % (out, len(data.values), len(data.sensors), 100 * data.labels.mean()))
 
@@ -363,6 +370,52 @@ def evaluate(bundle, data, sensors, label_col, timestamp_col, model_dir, test_fr
         write_json(json_out, result)
 
 
+@cli.command(short_help="One HTML page of what a bundle detects on a data file: figures, events, training.")
+@click.argument("bundle", type=click.Path())
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write index.html and the figures (PNG) into.")
+@click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
+              help="Model folder: adds LOF and the training history (default: the bundle's sibling 'model/' if "
+              "present).")
+@click.option("--labels", "labels_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="NAB-style label windows (JSON: file -> [[start, end], ...]) instead of the data's label column.")
+@with_data_options
+@click.option("--test-fraction", default=None, type=click.FloatRange(0, 1, max_open=True),
+              help="Count only the last fraction of rows in the metrics and curves (as in evaluate).")
+@engine_option
+def report(bundle, data, out, model_dir, labels_path, sensors, label_col, timestamp_col, test_fraction, engine):
+    """Write one self-contained page, OUT/index.html, with each figure as a PNG beside it.
+
+    The page shows each sensor over time with the alarms and the labelled anomalies, the
+    stage-1 and stage-2 scores with their thresholds (an adaptive one at each reading), the
+    per-sensor contributions, an event table, score distributions, ROC and PR curves of every
+    mode with their AUCs, the confusion matrices, the training history (with --model), and an
+    exploration of the data (distributions, correlations, a seasonal view where the data has a
+    period). Without labels it shows what does not need them. It needs no network to open.
+
+    Examples:
+
+    \b
+        edge-detector report bundle/ data.csv --out report/ --model model/
+        edge-detector report nab-bundle/ machine_temperature_system_failure.csv --out nab-report/ \\
+            --labels labels/combined_windows.json
+    """
+    from edge_detector.export.report import write_report  # noqa: PLC0415 (the report extra)
+    if model_dir is None:
+        model_dir = _sibling_model(bundle)
+    with reported(BundleError, InputError):
+        paths = write_report(bundle, data, out, model_dir, labels_path, test_fraction, engine, _names(sensors),
+                             label_col, timestamp_col, progress=_echo_err)
+    click.echo("wrote %s and %d figures" % (paths[0], len(paths) - 1))
+
+
+def _sibling_model(bundle: str):
+    """The model folder beside a bundle (bundle/ -> model/), where there is one."""
+    sibling = os.path.join(os.path.dirname(os.path.abspath(bundle)), "model")
+    return sibling if os.path.isfile(os.path.join(sibling, "model.json")) else None
+
+
 @cli.command(short_help="Latency, memory and accuracy of every engine against the originals.")
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("data", type=click.Path(dir_okay=False))
@@ -408,8 +461,7 @@ def bench(bundle, data, engines, model_dir, threads, runs, warmup, max_seconds, 
     """
     from edge_detector.export.bench import format_table, run_bench, write_markdown, write_plots  # noqa: PLC0415
     if model_dir is None:
-        sibling = os.path.join(os.path.dirname(os.path.abspath(bundle)), "model")
-        model_dir = sibling if os.path.isfile(os.path.join(sibling, "model.json")) else None
+        model_dir = _sibling_model(bundle)
     with reported(BundleError, InputError):
         report = run_bench(bundle, data, engines=_names(engines), threads=threads, runs=runs, model_dir=model_dir,
                            progress=_echo_err, warmup=warmup, max_seconds=max_seconds, test_fraction=test_fraction,

@@ -100,3 +100,21 @@ def test_training_refuses_a_split_whose_calibration_part_is_anomalous():
     labels[1300:1700] = True                        # the calibration part (rows 1360-1599) is all anomalous
     with pytest.raises(ValueError, match="calibration part .* holds 0 normal readings"):
         train(d._replace(labels=labels), "unused", TrainConfig(), progress=None)
+
+
+def test_the_notebook_profile_is_the_seed_notebooks_experiment(tmp_path):
+    from click.testing import CliRunner
+
+    from edge_detector.cli import cli
+    from edge_detector.export.data import generate_notebook
+    path = tmp_path / "notebook.csv"
+    result = CliRunner().invoke(cli, ["generate", "--profile", "notebook", "--out", str(path)])
+    assert result.exit_code == 0 and "5000 readings, 3 sensors" in result.output
+    d = load_csv(str(path))
+    assert d.values.shape == (5000, 3) and int(d.labels.sum()) == 50
+    # the same draws with no shift: the anomalies are the normal readings moved by the same +5 or -5 on all three
+    moved = d.values - generate_notebook(seed=42, shift=0.0).values
+    np.testing.assert_allclose(np.abs(moved[d.labels]), 5.0, atol=2e-6)
+    np.testing.assert_allclose(moved[d.labels], np.repeat(moved[d.labels][:, :1], 3, axis=1), atol=4e-6)
+    np.testing.assert_allclose(moved[~d.labels], 0.0, atol=2e-6)
+    assert {round(float(v)) for v in moved[d.labels][:, 0]} == {-5, 5}

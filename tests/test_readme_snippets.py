@@ -28,6 +28,7 @@ ELSEWHERE = {
     "python3 -m runtime bench": "minutes of timing: test_numpy_only and test_arm64 run it with fewer readings",
     "edge-detector bench": "minutes of timing: test_bench runs it (and --compare) with fewer runs",
     "edge-detector fleet": "trains a model per machine: test_fleet runs fleet train (local and Ray) and fleet report",
+    "edge-detector report": "scores every mode and draws: test_report runs it (through the CLI) on this session's model",
 }
 # commands holding these run with a key made by the test that covers them
 NEEDS_KEYS = {"--sign-key": "test_signing signs with a key it makes",
@@ -105,3 +106,16 @@ def test_the_readme_python_examples_run_and_print_what_they_say(folder):
             # the same fields; the stage-1 value is the bundle's own (the README's comes from the demo's bundle)
             same = lambda text: re.sub(r"stage1=[0-9.e-]+", "stage1=?", text)  # noqa: E731
             assert same(proc.stdout.strip()) == same(shown[0])
+
+
+def test_the_readme_training_example_trains_exports_and_evaluates(folder):
+    """The README's Python block that trains from Python, run in the README's folder: it writes a model and a
+    bundle, and its comparison table has every mode."""
+    blocks = re.findall(r"```python\n(from edge_detector\.export.*?)```", README.read_text(), re.S)
+    assert len(blocks) == 1
+    proc = subprocess.run([sys.executable, "-c", blocks[0] + "\nprint(table)"], cwd=folder, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (folder / "py-model" / "model.json").is_file() and (folder / "py-bundle" / "manifest.json").is_file()
+    for mode in ("IF-only", "LOF", "LSTM-only", "hybrid"):
+        assert mode in proc.stdout

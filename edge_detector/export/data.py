@@ -13,6 +13,7 @@ import numpy as np
 
 from edge_detector.export.files import atomic_file
 from edge_detector.runtime import InputError, Layout, Reading, Rejected
+from edge_detector.runtime.errors import check_choice
 from edge_detector.runtime.readings import ignored_notice, open_csv
 
 ANOMALY_KINDS = ("spike", "drop", "contextual", "collective")
@@ -108,6 +109,43 @@ def generate(n: int = 10_000, seed: int = 42, n_sensors: int = 4) -> Dataset:
     return Dataset(values, sensors, timestamps, kinds != "", list(kinds), signal)
 
 
+# The seed notebook's experiment: 3 sensors (temperature, pressure, vibration), each a daily cycle plus
+# noise of its own size; 50 readings where all three shift together by the same +5 or -5.
+NOTEBOOK_SENSORS = ("temperature", "pressure", "vibration")
+
+
+def generate_notebook(n: int = 5_000, seed: int = 42, spikes: int = 50, shift: float = 5.0) -> Dataset:
+    """The seed notebook's data set: 3 sensors, ``spikes`` readings shifted by the same +-``shift`` on every sensor.
+
+    Normal readings: temperature 20 + 2 sin(2 pi t / 1440) + N(0, 0.5); pressure 100 + 3 sin(...)
+    + N(0, 1); vibration 1 + 0.2 sin(...) + N(0, 0.25), one reading a minute. Each anomaly adds the
+    same +shift or -shift (a fair coin) to all three sensors at one reading, 100 readings or more
+    from both ends, never two at the same reading. Labels: ``is_anomaly``; kind "spike".
+
+    >>> d = generate_notebook(seed=1)
+    >>> d.values.shape, int(d.labels.sum()), d.sensors
+    ((5000, 3), 50, ['temperature', 'pressure', 'vibration'])
+    """
+    if n < 1000 or spikes > (n - 200) // 2:
+        raise ValueError("n must be at least 1000 and hold the %d spikes away from the ends, got %d" % (spikes, n))
+    rng = np.random.default_rng(seed)
+    t = np.arange(n, dtype=np.float64)
+    daily = np.sin(2 * np.pi * t / MINUTES_PER_DAY)[:, None]                          # [time, 1]
+    base, amplitude, noise = np.array([20.0, 100.0, 1.0]), np.array([2.0, 3.0, 0.2]), np.array([0.5, 1.0, 0.25])
+    values = base + amplitude * daily + rng.normal(0.0, 1.0, (n, 3)) * noise         # [time, 3]
+    at = np.sort(rng.choice(np.arange(100, n - 100), size=spikes, replace=False))
+    values[at] += rng.choice([-shift, shift], size=spikes)[:, None]
+    labels = np.zeros(n, dtype=bool)
+    labels[at] = True
+    start = dt.datetime(2024, 1, 1)
+    timestamps = [(start + dt.timedelta(minutes=i)).strftime("%Y-%m-%d %H:%M:%S") for i in range(n)]
+    return Dataset(values, list(NOTEBOOK_SENSORS), timestamps, labels, ["spike" if x else "" for x in labels])
+
+
+# `generate --profile`: the name of each synthetic data set, its generator and its default length
+PROFILES = {"sensors": (generate, 10_000), "notebook": (generate_notebook, 5_000)}
+
+
 def write_csv(data: Dataset, path: str) -> None:
     """Write a dataset in the layout ``generate`` uses (LF line endings, 6 decimals), atomically."""
     with atomic_file(path, "w", encoding="utf-8", newline="") as fh:
@@ -183,8 +221,11 @@ def load_csv(path: str, sensors: Optional[Sequence[str]] = None, label_col: Opti
     return Dataset(values, layout.sensor_names, timestamps, labels, kinds)
 
 
-def generate_csv(path: str, n: int = 10_000, seed: int = 42) -> Dataset:
-    """``generate`` written to ``path`` with ``write_csv``; returns the dataset."""
-    data = generate(n=n, seed=seed)
+def generate_csv(path: str, n: Optional[int] = None, seed: int = 42, profile: str = "sensors") -> Dataset:
+    """The ``profile``'s data set (``PROFILES``; ``n`` readings, default the profile's) written to ``path`` with
+    ``write_csv``; returns the dataset."""
+    check_choice("profile", profile, tuple(PROFILES))
+    make, default_n = PROFILES[profile]
+    data = make(n=default_n if n is None else n, seed=seed)
     write_csv(data, path)
     return data

@@ -209,6 +209,7 @@ class Stage1(NamedTuple):
     lof: object                   # sklearn Pipeline(StandardScaler, LocalOutlierFactor)
     thresholds: dict              # tau1, iforest, lof
     calibration: dict             # shares of normal calibration readings above each threshold
+    seconds: dict = {}            # fitting time per model: iforest, lof
 
 
 class Stage2(NamedTuple):
@@ -218,6 +219,7 @@ class Stage2(NamedTuple):
     threshold: ThresholdSpec      # static, or adaptive with its starting history
     history: dict                 # Keras' loss and val_loss per epoch
     share_above_tau2: float
+    seconds: float = 0.0          # the autoencoder's fitting time
 
 
 def chronological_split(data: Dataset, config: TrainConfig) -> Split:
@@ -253,19 +255,23 @@ def fit_stage1(values: np.ndarray, split: Split, config: TrainConfig, progress: 
                          % (split.fit_end, split.train_end - 1, cal_rows.size))
     log(progress, "features: %d columns; fit rows %d, calibration rows %d"
         % (feats.shape[1], fit_rows.size, cal_rows.size))
+    t0 = time.time()
     forest = IsolationForest(n_estimators=config.n_estimators, max_samples=min(config.max_samples, fit_rows.size),
                              random_state=config.seed).fit(feats[fit_rows])
+    t1 = time.time()
     s1_cal = -forest.score_samples(feats[cal_rows])
     tau1 = float(np.quantile(s1_cal, 1 - config.screen_share))
     tau_iforest = float(np.quantile(s1_cal, config.iforest_quantile))
     log(progress, "stage 1: IsolationForest(%d trees) fitted; tau1=%.4f (passes %.0f%% of normal), iforest-only "
         "tau=%.4f" % (config.n_estimators, tau1, 100 * config.screen_share, tau_iforest))
     lof = make_pipeline(StandardScaler(), LocalOutlierFactor(n_neighbors=config.lof_neighbors, novelty=True))
+    t2 = time.time()
     lof.fit(feats[clean_rows])
+    seconds = {"iforest": t1 - t0, "lof": time.time() - t2}
     tau_lof = float(np.quantile(-lof.score_samples(feats[cal_rows]), config.lof_quantile))
     return Stage1(forest, lof, {"tau1": tau1, "iforest": tau_iforest, "lof": tau_lof},
                   {"stage1_share_above_tau1": float(np.mean(s1_cal > tau1)),
-                   "iforest_share_above_tau": float(np.mean(s1_cal > tau_iforest))})
+                   "iforest_share_above_tau": float(np.mean(s1_cal > tau_iforest))}, seconds)
 
 
 def fit_stage2(values: np.ndarray, split: Split, config: TrainConfig, progress: Progress,
@@ -295,9 +301,11 @@ def fit_stage2(values: np.ndarray, split: Split, config: TrainConfig, progress: 
         epoch + 1, "loss %.4f, validation %.4f" % (logs["loss"], logs["val_loss"])))
     c = config.input_clip
     x_fit, x_cal_in = np.clip(x_fit, -c, c), np.clip(x_cal, -c, c)
+    t0 = time.time()
     history = model.fit(x_fit, x_fit, validation_data=(x_cal_in, x_cal_in), epochs=config.epochs,
                         batch_size=config.batch_size, shuffle=True, callbacks=[stop, epochs],
                         verbose=2 if verbose and progress is not None else 0)
+    seconds = time.time() - t0
     ran = len(history.history["loss"])
     bar.done("best validation loss %.4f%s" % (min(history.history["val_loss"]),
                                               ", stopped early" if ran < config.epochs else ""))
@@ -309,7 +317,8 @@ def fit_stage2(values: np.ndarray, split: Split, config: TrainConfig, progress: 
         "last %d scores that did not alarm, at least %g x tau2" % (config.tau2_quantile, len(s2_cal),
                                                                     spec.margin, spec.quantile, spec.history,
                                                                     spec.margin))))
-    return Stage2(model, transform, tau2, spec, history.history, float(np.mean(s2_cal > spec.margin * tau2)))
+    return Stage2(model, transform, tau2, spec, history.history, float(np.mean(s2_cal > spec.margin * tau2)),
+                  seconds)
 
 
 def stage2_threshold(s2_cal: np.ndarray, config: TrainConfig) -> Tuple[float, ThresholdSpec]:
@@ -359,6 +368,9 @@ def save_model(out_dir: str, meta: dict, stage1: Stage1, stage2: Stage2) -> None
         "calibration": {"stage1_share_above_tau1": stage1.calibration["stage1_share_above_tau1"],
                         "stage2_share_above_tau2": stage2.share_above_tau2,
                         "iforest_share_above_tau": stage1.calibration["iforest_share_above_tau"]},
+        # seconds to fit each model (the autoencoder's over all its epochs)
+        "fit_seconds": {"iforest": round(stage1.seconds.get("iforest", 0.0), 3),
+                        "lof": round(stage1.seconds.get("lof", 0.0), 3), "lstm_autoencoder": round(stage2.seconds, 3)},
     }
     with atomic_folder(out_dir, prefix=".model-") as tmp:
         stage2.model.save(os.path.join(tmp, KERAS_FILE))
