@@ -46,6 +46,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from edge_detector.export.data import ANOMALY_KINDS, MINUTES_PER_DAY, generate
+from edge_detector.export.files import write_json
 from edge_detector.export.metrics import f1_from_counts, f1_score, split_start
 
 REFLECTED = 50           # length of a contextual window in generate()
@@ -249,9 +250,8 @@ def main(argv=None) -> int:
                       w["matched_best_caught"], w["energy_normal_caught"], w["energy_best_caught"],
                       w["cross_normal_caught"], w["cross_best_caught"]))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"seeds": seeds, "normal_quantile": args.normal_quantile, "mean": means,
-                       "per_seed": per_seed}, fh, indent=2)
+        write_json(args.json, {"seeds": seeds, "normal_quantile": args.normal_quantile, "mean": means,
+                               "per_seed": per_seed})
     return 0
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from edge_detector.export.fleet import FleetSettings, Machine, select_machines, train_fleet
 from edge_detector.export.files import write_json
+from edge_detector.export.tf_setup import quiet_tf_log
 from edge_detector.runtime import Detector
 
 
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_tf_log()
     settings = FleetSettings(preset=args.preset, train_rows=args.train_rows)
     machines = select_machines(args.data, exclude=args.exclude)
     names = [m.name for m in machines]

@@ -53,6 +53,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from edge_detector.export.files import write_json
+from edge_detector.export.tf_setup import quiet_tf_log
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nab_scoring as ns  # noqa: E402  (beside this script)
@@ -427,7 +428,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="override a TrainConfig field for every file")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_tf_log()
     labels = ns.load_windows(os.path.join(args.data, "labels", "combined_windows.json"))
     files = [rel for rel in data_files(args.data) if rel in labels and (not args.files or re.search(args.files, rel))]
     report: dict = {"files": len(files), "preset": PRESET, "settings": SETTINGS, "per_file_min_max": False}

@@ -69,6 +69,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from edge_detector.export.files import write_json
+from edge_detector.export.margin import (CALIBRATION_FAR, calibrate_margin, fit_head, map_jobs, median_margin,
+                                         mode_part, normal_pieces)
+from edge_detector.export.tf_setup import quiet_tf_log
 
 TRAIN_ROWS = 400
 T2_WINDOW = 10
@@ -85,16 +88,14 @@ LEADERBOARD = [  # (algorithm, F1, FAR %, MAR %), upstream README "Proposed Lead
 MODE_NAMES = {"hybrid": "edge-detector hybrid", "lstm": "edge-detector LSTM-only", "iforest": "edge-detector IF-only",
               "t2_rolling10": "T2 (10-mean), UCL 1.5xq99", "t2_calibrated": "T2 (10-mean), calibrated"}
 
-# Settings: the "rig" preset of `edge-detector train` (export/train.py PRESETS), the same
-# for every file. Its tau2 margin is replaced by the one calibrate_margins measures when
+# Settings: the "rig" preset of `edge-detector train` (edge_detector/export/train.py PRESETS), the
+# same for every file. Its tau2 margin is replaced by the one calibrate_margins measures when
 # --data holds a normal-only recording.
 PRESET = "rig"
 # The margin over the 0.99 quantile (for tau2, and for the T2 reference) is not tuned on
 # labels: it is set so that CALIBRATION_FAR of the test rows of a typical normal-only piece
-# (anomaly-free.csv, cut into file-sized pieces that go through the same protocol) alarm.
-# The share was fixed before any run; 10% leaves room under the 15% goal for the normal rows
-# after a fault, which a normal-only recording cannot show.
-CALIBRATION_FAR = 0.10
+# (anomaly-free.csv, cut into file-sized pieces that go through the same protocol) alarm:
+# the product's own label-free calibration (edge_detector/export/margin.py).
 # Used only when --data holds no normal-only CSV (for example a folder of other SKAB files):
 # what calibrate_margins measured on ../shared/data/skab on 2026-11-24 (benchmarks/README.md).
 REUSE = False           # --reuse: score the bundles a previous run left in --workdir (the same seed trains the same)
@@ -140,21 +141,14 @@ def calibration_sets(paths: Sequence[str], chunk_rows: int, data_dir: str) -> li
     rows, score the rest), so its test rows show how far normal operation drifts from the
     training rows over a file's length: that sets the threshold margin, with no label read.
     """
-    from edge_detector.export.data import Dataset, load_csv
-    out = []
-    for path in paths:
-        data = load_csv(path)
-        for start in range(0, len(data.values) - chunk_rows + 1, chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            name = "%s[%d:%d]" % (os.path.relpath(path, data_dir), start, start + chunk_rows)
-            out.append((name, Dataset(data.values[rows], data.sensors,
-                                      data.timestamps[rows] if data.timestamps else None, None, None)))
-    return out
+    from edge_detector.export.data import load_csv
+    return [piece for path in paths for piece in normal_pieces(load_csv(path), chunk_rows,
+                                                               os.path.relpath(path, data_dir))]
 
 
 def calibrate_margins(sets: list, workdir: str, engine: str, seed: int, overrides: Optional[dict], jobs: int,
                       progress=None) -> dict:
-    """Label-free margins for tau2 and for the T2 reference from normal-only pieces.
+    """Label-free margins for tau2 (the product's ``margin.calibrate_margin``) and for the T2 reference.
 
     Both detectors run with margin 1 (tau2 = the 0.99 quantile of the calibration scores;
     T2's UCL = its training q0.99). For each piece, the margin that lets ``CALIBRATION_FAR``
@@ -164,21 +158,16 @@ def calibrate_margins(sets: list, workdir: str, engine: str, seed: int, override
     median row already scores 7-12 x q0.99.)
     """
     t0 = time.time()
-    base = dict(overrides or {}, tau2_margin=1.0)
-    args = [(data, name, os.path.join(workdir, "cal%03d" % i), ["hybrid"], engine, seed, base)
-            for i, (name, data) in enumerate(sets, 1)]
-    results = _map(score_dataset, args, jobs)
+    tau2 = calibrate_margin(sets, skab_config(seed, dict(overrides or {}, tau2_margin=1.0)), TRAIN_ROWS, workdir,
+                            engine, jobs, CALIBRATION_FAR, fast_conversion=True)
     q = 1.0 - CALIBRATION_FAR
-    # hybrid: a row alarms only where stage 2 ran, so rows stage 1 let pass count as 0
-    hybrid = [np.where(r["hybrid"]["stage2"], r["hybrid"]["score"], 0.0) for r in results]
-    t2 = [r["t2_rolling10"]["score"] * T2_MULTIPLIER for r in results]
-    per_piece = {name: {"tau2_margin": round(piece_margin(r["hybrid"], q), 3), "t2_margin": round(float(np.quantile(t, q)), 3)}
-                 for (name, _), r, t in zip(sets, results, t2)}
-    report = {"far_target": CALIBRATION_FAR, "rule": "median over pieces of each piece's %.2f quantile" % q,
-              "rows": int(sum(h.size for h in hybrid)),
-              "tau2_margin": round(max(1.0, float(np.median([p["tau2_margin"] for p in per_piece.values()]))), 3),
-              "t2_margin": round(max(1.0, float(np.median([p["t2_margin"] for p in per_piece.values()]))), 3),
-              "pooled": {"tau2_margin": round(float(np.quantile(np.concatenate(hybrid), q)), 3),
+    t2 = [t2_reference(data.values)["score"][TRAIN_ROWS:] * T2_MULTIPLIER for _, data in sets]
+    per_piece = {name: dict(tau2["per_piece"][name], t2_margin=round(float(np.quantile(t, q)), 3))
+                 for (name, _), t in zip(sets, t2)}
+    report = {"far_target": CALIBRATION_FAR, "rule": tau2["rule"], "rows": tau2["rows"],
+              "tau2_margin": tau2["tau2_margin"],
+              "t2_margin": median_margin(p["t2_margin"] for p in per_piece.values()),
+              "pooled": {"tau2_margin": tau2["pooled"]["tau2_margin"],
                          "t2_margin": round(float(np.quantile(np.concatenate(t2), q)), 3)},
               "per_piece": per_piece, "seconds": round(time.time() - t0, 1)}
     if progress:
@@ -187,38 +176,6 @@ def calibrate_margins(sets: list, workdir: str, engine: str, seed: int, override
         progress("calibration on %d normal-only pieces (%d test rows): tau2 margin %.3f, T2 margin %.3f (%.0fs)"
                  % (len(sets), report["rows"], report["tau2_margin"], report["t2_margin"], report["seconds"]))
     return report
-
-
-def piece_margin(part: dict, q: float) -> float:
-    """The margin that lets a share 1 - q of a normal piece's test rows alarm (scores in units of tau2).
-
-    Static threshold: the q-quantile of the scores. Adaptive: the smallest margin, in steps of
-    0.05, at which the device's own adaptive rule (runtime.threshold, run here over the piece)
-    alarms on no more than that share.
-    """
-    scores = np.where(part["stage2"], part["score"], 0.0)
-    spec = part.get("threshold")
-    if spec is None or spec.kind == "static":
-        return float(np.quantile(scores, q))
-    from edge_detector.runtime.threshold import Threshold
-    ran = part["stage2"]
-    for margin in np.arange(1.0, 50.0, 0.05):
-        # scores are s2 / tau2, so tau2 is 1 here and the starting history is in the same units
-        threshold = Threshold(spec._replace(margin=float(margin), initial=tuple(part["initial_units"])), 1.0)
-        alarms = sum(threshold.exceeded(float(v)) for v, r in zip(part["score"], ran) if r)
-        if alarms <= (1.0 - q) * len(scores):
-            return float(margin)
-    return 50.0
-
-
-def _map(fn, arglist: list, jobs: int) -> list:
-    """``[fn(*a) for a in arglist]``, in ``jobs`` processes when jobs > 1 (each trains one model at a time)."""
-    if jobs <= 1:
-        return [fn(*a) for a in arglist]
-    import concurrent.futures
-    import multiprocessing
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(fn, *zip(*arglist)))
 
 
 def skab_config(seed: int = 0, overrides: Optional[dict] = None):
@@ -271,23 +228,17 @@ def score_dataset(data, name: str, workdir: str, modes: Sequence[str], engine: s
                   overrides: Optional[dict] = None, stream: bool = False,
                   t2_margin: Optional[float] = None) -> dict:
     """``score_file`` on a loaded dataset (labels may be None: then every test row counts as normal)."""
-    from edge_detector.export.convert import export_bundle
-    from edge_detector.export.data import Dataset
-    from edge_detector.export.metrics import continuous_scores
-    from edge_detector.export.train import train
     from edge_detector.runtime import Detector, Scores
 
     n = len(data.values)
     if n <= TRAIN_ROWS:
         raise ValueError("%s has %d rows, the protocol needs more than %d" % (name, n, TRAIN_ROWS))
-    # The training part carries no labels: the protocol assumes rows 0..399 are normal.
-    head = Dataset(data.values[:TRAIN_ROWS], data.sensors,
-                   data.timestamps[:TRAIN_ROWS] if data.timestamps else None, None, None)
-    model_dir, bundle = os.path.join(workdir, "model"), os.path.join(workdir, "bundle")
     t0 = time.time()
+    # The training part carries no labels: the protocol assumes rows 0..399 are normal.
+    bundle = os.path.join(workdir, "bundle")
     if not (REUSE and os.path.isfile(os.path.join(bundle, "manifest.json"))):     # --reuse: a bundle already there
-        train(head, model_dir, skab_config(seed, overrides), progress=None)
-        export_bundle(model_dir, head, bundle, progress=None, fast_conversion=True)   # as a fleet: one conversion per worker
+        # fast_conversion: as a fleet, one TFLite conversion per worker
+        bundle = fit_head(data, TRAIN_ROWS, workdir, skab_config(seed, overrides), fast_conversion=True)
     labels = data.labels[TRAIN_ROWS:] if data.labels is not None else np.zeros(n - TRAIN_ROWS, dtype=bool)
     out = {"labels": labels, "rows": n, "train_seconds": time.time() - t0}
     for mode in modes:               # "hybrid+learning": the same bundle, learning on the device (runtime.learn)
@@ -296,10 +247,7 @@ def score_dataset(data, name: str, workdir: str, modes: Sequence[str], engine: s
             scores = Scores.stack([detector.score_one(row) for row in data.values], detector.sensors)
         else:               # the batch form: same results as the stream, faster
             scores = detector.score(data.values)
-        scores = scores.rows(slice(TRAIN_ROWS, None))
-        out[mode] = {"alarm": scores.is_anomaly, "score": continuous_scores(detector, scores),
-                     "stage2": scores.stage2_ran, "threshold": detector.threshold_spec,
-                     "initial_units": [v / detector.tau2 for v in detector.threshold_spec.initial]}
+        out[mode] = mode_part(detector, scores.rows(slice(TRAIN_ROWS, None)))
     ref = t2_reference(data.values)
     out["t2_rolling10"] = {"alarm": ref["alarm"][TRAIN_ROWS:], "score": ref["score"][TRAIN_ROWS:],
                            "stage2": np.zeros(n - TRAIN_ROWS, dtype=bool)}
@@ -374,7 +322,7 @@ def run(data_dir: str, modes: Sequence[str], engine: str = "numpy", seed: int = 
         keys = list(modes) + ["t2_rolling10", "t2_calibrated"]
         args = [(path, os.path.join(workdir, "%03d" % i), modes, engine, seed, overrides, stream, margins["t2_margin"])
                 for i, path in enumerate(files, 1)]
-        results = _map(score_file, args, jobs)
+        results = map_jobs(score_file, args, jobs)
     finally:
         if own:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -441,7 +389,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     global REUSE, LIMIT
     REUSE, LIMIT = args.reuse, args.limit
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")     # the worker processes inherit it
+    quiet_tf_log()                                          # the worker processes inherit it
     modes = ["hybrid", "lstm", "iforest"] if args.mode == "all" else [args.mode]
     modes = {"off": modes, "on": [m + "+learning" for m in modes],
              "both": [m + s for m in modes for s in ("", "+learning")]}[args.learning]

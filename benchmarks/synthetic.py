@@ -14,7 +14,6 @@ table per seed and the means; writes
 ``--workdir`` instead of training again (the same seed trains the same model).
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import numpy as np
 
 from edge_detector.export.data import ANOMALY_KINDS, load_csv
 from edge_detector.export.evaluate import comparison_table, evaluate
+from edge_detector.export.files import write_json
 from edge_detector.export.metrics import split_start
 from edge_detector.export.pipeline import TEST_FRACTION, pipeline_paths, synthetic_pipeline
 
@@ -102,10 +102,8 @@ def main(argv=None) -> int:
     print("\nhybrid F1 %.3f, %.2f x LSTM-only F1; stage 2 ran on %.1f%% of test readings; %.0fs"
           % (h["f1"], h["f1"] / lstm["f1"] if lstm["f1"] else float("nan"), 100 * h["stage2_share"], time.time() - t0))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"seeds": seeds, "engine": args.engine, "mean": mean, "per_seed": per_seed,
-                       **({"mean_learning": mean_report(learnt), "per_seed_learning": learnt} if learnt else {})},
-                      fh, indent=2)
+        write_json(args.json, {"seeds": seeds, "engine": args.engine, "mean": mean, "per_seed": per_seed,
+                               **({"mean_learning": mean_report(learnt), "per_seed_learning": learnt} if learnt else {})})
     return 0
 
 

@@ -33,13 +33,35 @@ from edge_detector.runtime.threshold import KINDS as THRESHOLD_KINDS
 from edge_detector.runtime.trust import load_trust
 
 
+# The library names the thing; the command line names its flag for it (the only place flags are spelt).
+FLAG_WORDING = {
+    "(name the label column)": "(pass --label-col)",
+    "leave the test fraction out": "leave --test-fraction out",
+    "parity checks: name the training CSV": "parity checks: pass --data",
+    "the asset column splits one CSV file": "--asset-col splits one CSV file",
+    "give the asset column, the column": "give --asset-col, the column",
+    "the ray backend needs Ray": "--backend ray needs Ray",
+    "an export with quantized variants makes them": "export --quantize makes them",
+    "run it with the tflite engine": "run it with --engine tflite",
+    "give a writable state folder": "pass a writable --state-dir",
+    "a persistent session needs a fixed client id": "--persistent-session needs --client-id",
+}
+
+
+def with_flags(message: str) -> str:
+    """A library message in the command line's words: each thing it names as the flag that sets it."""
+    for phrase, flag in FLAG_WORDING.items():
+        message = message.replace(phrase, flag)
+    return message
+
+
 @contextlib.contextmanager
 def reported(*errors):
     """Turn the library's own exceptions (a user's mistake) into one clear line; anything else keeps its traceback."""
     try:
         yield
     except errors as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(with_flags(str(exc))) from None
 
 
 def _parity_error():
@@ -214,6 +236,11 @@ def with_data_options(fn):
 @click.option("--tau2-margin", default=None, type=click.FloatRange(min=0.0, min_open=True),
               help="Stage-2 threshold margin over the calibration quantile: above 1 leaves room for drift after "
               "training, below 1 makes stage 2 more sensitive than its quantile [1.0 or 1.55].")
+@click.option("--margin-from", type=click.Path(exists=True, dir_okay=False), default=None, metavar="NORMAL_CSV",
+              help="Calibrate the stage-2 threshold margin without labels on a recording of normal operation only "
+              "(the same sensors), instead of taking the preset's: it is cut into pieces as long as DATA, each "
+              "trained and scored as DATA is at margin 1, and the margin is the median over pieces of the "
+              "smallest that keeps a piece's alarms to 10% of its scored rows (one training per piece).")
 @click.option("--target-far", default=None, metavar="SHARE",
               help="Set tau2 (or the adaptive margin) so that this share of the normal calibration readings alarms "
               "in hybrid mode, e.g. 0.5% or 0.005, instead of the quantile and margin.")
@@ -228,7 +255,7 @@ def with_data_options(fn):
               help="Leading share of rows used for training (its last 15% calibrates); the rest is the test split.")
 @verbose_option
 def train(data, out, sensors, label_col, timestamp_col, preset, seed, window, epochs, screen_share, threshold,
-          tau2_margin, target_far, families, feature_windows, lags, train_fraction, verbose):
+          tau2_margin, margin_from, target_far, families, feature_windows, lags, train_fraction, verbose):
     """Train IsolationForest, LSTM autoencoder and LOF, and calibrate thresholds on normal data.
 
     Uses a GPU when TensorFlow sees one. Saves Keras (native format), scikit-learn (joblib),
@@ -242,6 +269,9 @@ def train(data, out, sensors, label_col, timestamp_col, preset, seed, window, ep
         edge-detector train data.csv --out model/ --features level,mean,std,minmax,diff --feature-windows 5,15,50
     """
     _require_train_extra()
+    if margin_from and (tau2_margin is not None or target_far is not None):
+        raise click.UsageError("--margin-from calibrates the margin that --tau2-margin and --target-far set: give "
+                               "one of them")
     from edge_detector.export.train import preset_config, train_csv  # noqa: PLC0415
     with reported(InputError):
         config = preset_config(preset, families=_names(families), feature_windows=_integers(feature_windows,
@@ -249,6 +279,10 @@ def train(data, out, sensors, label_col, timestamp_col, preset, seed, window, ep
                                lags=_integers(lags, "--lags"), seed=seed, window=window, epochs=epochs,
                                screen_share=screen_share, threshold=threshold, tau2_margin=tau2_margin,
                                target_far=_share(target_far, "--target-far"), train_fraction=train_fraction)
+        if margin_from:
+            from edge_detector.export.margin import calibrated_config  # noqa: PLC0415
+            config = calibrated_config(config, margin_from, data, _names(sensors), label_col, timestamp_col,
+                                       progress=_echo_err)
         train_csv(data, out, config, _names(sensors), label_col, timestamp_col, progress=_echo_err, verbose=verbose)
     click.echo("model written to %s" % out)
 
@@ -448,8 +482,8 @@ def evaluate(bundle, data, sensors, label_col, timestamp_col, model_dir, test_fr
         result = evaluate_csv(bundle, data, test_fraction, engine, model_dir, _names(sensors), label_col,
                               timestamp_col)
     for notice in result["notices"]:
-        _echo_err(notice)
-    _echo_err(result["split"])
+        _echo_err(with_flags(notice))
+    _echo_err(with_flags(result["split"]))
     click.echo(comparison_table(result["modes"]))
     if json_out:
         from edge_detector.export.files import write_json  # noqa: PLC0415
@@ -583,10 +617,11 @@ def package(bundle, out, sign_key):
 
         edge-detector package bundle/ --out gateway.tar.gz
     """
-    from edge_detector.export.package import build_package  # noqa: PLC0415
-    if not out.endswith((".tar.gz", ".tgz")):
-        raise click.BadParameter("%r: the archive is a gzip tar, so its name must end in .tar.gz or .tgz" % out,
-                                 param_hint="--out")
+    from edge_detector.export.package import ArchiveNameError, build_package, check_archive_name  # noqa: PLC0415
+    try:
+        check_archive_name(out)
+    except ArchiveNameError as exc:
+        raise click.BadParameter(str(exc), param_hint="--out") from None
     with reported(BundleError):
         names = build_package(bundle, out, sign_key=sign_key)
     click.echo("wrote %s: %d entries under %s/" % (out, len(names), names[0]))
@@ -655,14 +690,19 @@ def mqtt(bundle, host, port, in_topic, out_topic, qos, all_events, output_format
         edge-detector mqtt bundle/ --host broker.plant --port 8883 --tls-ca ca.crt \\
             --username gw1 --password-file /etc/edge-detector/mqtt-password --trusted-keys owner.pub
     """
-    if persistent_session and not client_id:
-        raise click.UsageError("--persistent-session needs --client-id: the broker keeps the session under it")
+    from edge_detector.mqtt import (ClientIdMissing, MqttConfigError, PahoMissing, Tls, check_session,  # noqa: PLC0415
+                                    paho_client, run_bridge)
+    from edge_detector.runtime.reload import Reloader  # noqa: PLC0415
+    try:
+        check_session(persistent_session, client_id)
+    except ClientIdMissing as exc:
+        raise click.UsageError(with_flags(str(exc))) from None
     if tls_key and not tls_cert:
         raise click.UsageError("--tls-key needs --tls-cert")
-    from edge_detector.mqtt import MqttConfigError, Tls, run_bridge  # noqa: PLC0415
     from edge_detector.runtime.checkpoint import open_checkpointer  # noqa: PLC0415
-    from edge_detector.runtime.reload import Reloader  # noqa: PLC0415
     from edge_detector.runtime.signals import SignalRelay, Stopped  # noqa: PLC0415
+    with reported(PahoMissing):
+        paho_client()
     password = os.environ.get("MQTT_PASSWORD")
     if password_file:
         with open(password_file, encoding="utf-8") as fh:

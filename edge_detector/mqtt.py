@@ -90,14 +90,36 @@ class MqttConfigError(Exception):
     """A setting that no retry can fix (the broker's certificate does not verify): said in a sentence, exit 1."""
 
 
-def _paho():
+class PahoMissing(RuntimeError):
+    """paho-mqtt >= 2, which the bridge needs, is not installed (a setup mistake, said as a sentence)."""
+
+
+class ClientIdMissing(ValueError):
+    """A persistent session was asked for without a fixed client id."""
+
+
+def paho_client():
+    """The paho.mqtt.client module; PahoMissing when it is not installed or older than 2.0."""
     try:
         import paho.mqtt.client as mqtt  # noqa: PLC0415
     except ImportError:
-        raise RuntimeError("the MQTT bridge needs paho-mqtt: pip install 'edge-detector[mqtt]'") from None
+        raise PahoMissing("the MQTT bridge needs paho-mqtt: pip install 'edge-detector[mqtt]'") from None
     if not hasattr(mqtt, "CallbackAPIVersion"):
-        raise RuntimeError("the MQTT bridge needs paho-mqtt >= 2.0: pip install -U paho-mqtt")
+        raise PahoMissing("the MQTT bridge needs paho-mqtt >= 2.0: pip install -U paho-mqtt")
     return mqtt
+
+
+def check_session(persistent_session: bool, client_id: Optional[str]) -> None:
+    """Refuse a persistent session without a fixed client id (ClientIdMissing): the broker keeps it under the id.
+
+    >>> check_session(True, "gw-1")
+    >>> check_session(True, None)
+    Traceback (most recent call last):
+    ...
+    edge_detector.mqtt.ClientIdMissing: a persistent session needs a fixed client id: the broker keeps the session under it
+    """
+    if persistent_session and not client_id:
+        raise ClientIdMissing("a persistent session needs a fixed client id: the broker keeps the session under it")
 
 
 class Tls(NamedTuple):
@@ -271,9 +293,8 @@ def run_bridge(detector: Detector, host: str = "127.0.0.1", port: int = 1883, in
     or, when it watches, when the bundle changes. Raises MqttConfigError for a broker certificate that does not
     verify. ``inbox`` (made here from ``max_queue``, ``max_inbox_bytes`` and ``max_payload`` when not given) is
     for a caller that watches its figures."""
-    if persistent_session and not client_id:
-        raise ValueError("a persistent session needs a fixed client id: the broker keeps the session under it")
-    mqtt = _paho()
+    check_session(persistent_session, client_id)
+    mqtt = paho_client()
     note = Notes(err if err is not None else sys.stderr)
     if engine_notice(detector.engine):
         note({"notice": engine_notice(detector.engine)})           # what --engine auto chose, as detect says it

@@ -66,16 +66,41 @@ def trained(tmp_path_factory, synthetic):
 
 
 # Stage 2's other input path: smoothed, centred on the training median, whitened, scored by
-# the mean over sensors; stage 1 on raw rolling means (what the "rig" preset uses).
-RIG_OPTIONS = dict(smooth=3, centre="train", whiten=True, reduce="mean", tau2_margin=1.5)
+# the mean over sensors; stage 1 on raw rolling means; the adaptive threshold (what the "rig" preset uses).
+RIG_OPTIONS = dict(smooth=3, centre="train", whiten=True, reduce="mean", tau2_margin=1.5, threshold="adaptive",
+                   tau2_quantile=0.99, adaptive_history=100)
 
 
 @pytest.fixture(scope="session")
 def trained_rig(tmp_path_factory, synthetic):
-    """(model dir, bundle dir) of a tiny model with the test-rig stage-2 options."""
+    """(model dir, bundle dir) of a tiny model with the test-rig stage-2 options and the adaptive threshold."""
     from edge_detector.runtime import FeatureSpec
     config = tiny_config(features=FeatureSpec(windows=(5, 15), families=("abs", "diff")), **RIG_OPTIONS)
     return _train_and_export(tmp_path_factory, synthetic, "model-rig", config)
+
+
+# The command line as a user runs it: a fresh interpreter, this package as installed (no PYTHONPATH).
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+def cli_run(*args, stdin=None, timeout=600):
+    """``edge-detector ARGS`` in a subprocess (``python -m edge_detector.cli``): the CompletedProcess, text."""
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "edge_detector.cli", *map(str, args)], input=stdin,
+                          capture_output=True, text=True, timeout=timeout, env=CLEAN_ENV)
+
+
+@pytest.fixture(scope="session")
+def cli_trained(tmp_path_factory, synthetic):
+    """The one model trained and exported through the command line in this session (where the CLI itself is
+    under test): (model dir, bundle dir, train's CompletedProcess, export's CompletedProcess)."""
+    _, csv_path = synthetic
+    root = tmp_path_factory.mktemp("cli-model")
+    model, bundle = root / "model", root / "bundle"
+    train = cli_run("train", csv_path, "--out", model, "--window", 20, "--epochs", 1)
+    export = cli_run("export", model, "--out", bundle)
+    return model, bundle, train, export
 
 
 @pytest.fixture

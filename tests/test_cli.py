@@ -1,6 +1,7 @@
 """The command line, through click's CliRunner."""
 import json
 import shutil
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -111,11 +112,37 @@ def test_evaluate_reports_every_mode(runner, trained, synthetic, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_and_export_from_the_cli(runner, synthetic, tmp_path):
-    _, csv_path = synthetic
-    result = runner.invoke(cli, ["train", str(csv_path), "--out", str(tmp_path / "m"), "--window", "20",
-                                 "--epochs", "1"])
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(cli, ["export", str(tmp_path / "m"), "--out", str(tmp_path / "b")])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "b" / "manifest.json").is_file()
+def test_train_and_export_from_the_cli(cli_trained):
+    model, bundle, train, export = cli_trained          # the session's CLI run: train, then export
+    assert train.returncode == 0, train.stderr
+    assert "model written to %s" % model in train.stdout
+    assert export.returncode == 0, export.stderr
+    assert (bundle / "manifest.json").is_file()
+
+
+
+def test_an_unknown_bench_engine_is_a_sentence(runner, tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_text("timestamp,a\n2024-01-01,1\n")
+    result = runner.invoke(cli, ["bench", str(tmp_path / "bundle"), str(data), "--engines", "numpy,gpu"])
+    assert result.exit_code == 1 and "unknown engine(s) gpu; choose from numpy" in result.output, result.output
+    assert isinstance(result.exception, SystemExit), result.exception        # a sentence, not a traceback
+
+
+def test_packaging_a_missing_bundle_folder_is_a_sentence(runner, tmp_path):
+    result = runner.invoke(cli, ["package", str(tmp_path / "nobundle"), "--out", str(tmp_path / "g.tar.gz")])
+    assert result.exit_code == 1 and "nobundle: no such bundle folder" in result.output, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert not (tmp_path / "g.tar.gz").exists()
+
+
+@pytest.mark.slow
+def test_the_mqtt_bridge_without_paho_is_a_sentence(runner, trained, monkeypatch):
+    _, bundle = trained                                         # a bundle that loads: only paho is missing
+    monkeypatch.setitem(sys.modules, "paho", None)              # as if paho-mqtt were not installed
+    monkeypatch.delitem(sys.modules, "paho.mqtt", raising=False)
+    monkeypatch.delitem(sys.modules, "paho.mqtt.client", raising=False)
+    result = runner.invoke(cli, ["mqtt", str(bundle)])
+    assert result.exit_code == 1, result.output
+    assert "the MQTT bridge needs paho-mqtt: pip install 'edge-detector[mqtt]'" in result.output, result.output
+    assert isinstance(result.exception, SystemExit), result.exception

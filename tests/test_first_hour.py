@@ -2,6 +2,7 @@
 handled, with a test that failed on the code before it."""
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -16,24 +17,18 @@ from click.testing import CliRunner
 
 from edge_detector.cli import cli
 
+from tests.conftest import CLEAN_ENV, cli_run
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
 NOISE = ("E0000", "W0000", "I0000", "cuInit", "Traceback", "oneDNN", "XNNPACK", "absl")
-
-
-def cli_run(*args, stdin=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "edge_detector.cli", *map(str, args)], input=stdin,
-                          capture_output=True, text=True, timeout=timeout, env=CLEAN_ENV)
 
 
 # ------------------------------------------------------------------ a good run looks like one
 
 @pytest.mark.slow
-def test_train_and_export_print_no_tensorflow_noise_and_one_bar(synthetic, tmp_path):
+def test_train_and_export_print_no_tensorflow_noise_and_one_bar(cli_trained, synthetic, tmp_path):
     _, csv_path = synthetic
-    model, bundle = tmp_path / "model", tmp_path / "bundle"
-    train = cli_run("train", csv_path, "--out", model, "--window", 20, "--epochs", 2)
-    export = cli_run("export", model, "--out", bundle)
+    model, bundle, train, export = cli_trained          # train --window 20 --epochs 1, then export
     for proc in (train, export):
         assert proc.returncode == 0, proc.stderr
         text = proc.stdout + proc.stderr
@@ -44,9 +39,12 @@ def test_train_and_export_print_no_tensorflow_noise_and_one_bar(synthetic, tmp_p
     assert (train.stdout + export.stdout + export.stderr).count("bundle written to") == 1
     for folder in (model, bundle):                                               # not 0700
         assert stat.S_IMODE(folder.stat().st_mode) == 0o755, oct(folder.stat().st_mode)
-    again = cli_run("export", model, "--out", bundle)
+    shutil.copytree(bundle, tmp_path / "bundle")        # the session's bundle stays as it is
+    again = cli_run("export", model, "--out", tmp_path / "bundle")
     assert again.returncode == 0 and "replacing the bundle that was there" in again.stderr
-    verbose = cli_run("train", csv_path, "--out", tmp_path / "m2", "--window", 20, "--epochs", 1, "--verbose")
+    small = tmp_path / "small.csv"                      # --verbose's own run: the smallest data a model trains on
+    small.write_text("".join(csv_path.read_text().splitlines(keepends=True)[:401]))
+    verbose = cli_run("train", small, "--out", tmp_path / "m2", "--window", 20, "--epochs", 1, "--verbose")
     assert verbose.returncode == 0 and "val_loss:" in verbose.stdout + verbose.stderr        # Keras' epoch line
 
 

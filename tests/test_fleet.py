@@ -33,6 +33,17 @@ def fleet_data(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def built_fleet(fleet_data, tmp_path_factory):
+    """The fleet of fleet_data built once for the module (two workers, version 7): (folder, index, progress lines).
+    Tests that change it work on copies."""
+    out = tmp_path_factory.mktemp("fleet") / "fleet"
+    lines = []
+    index = train_fleet(str(fleet_data), str(out), FleetSettings(overrides=TINY), workers=2, version=7,
+                        progress=lines.append)
+    return out, index, lines
+
+
 def scores_of(bundle, csv_path):
     from edge_detector.export.data import load_csv
     values = load_csv(str(csv_path)).values
@@ -52,7 +63,7 @@ def test_machines_come_from_a_folder_or_from_one_csv_split_by_a_column(tmp_path)
     assert split == {"p1": "timestamp,x\n1,0.5\n3,0.6\n", "p2": "timestamp,x\n2,0.7\n"}
     with pytest.raises(InputError, match="has no column 'pump'"):
         find_machines(str(both), asset_col="pump")
-    with pytest.raises(InputError, match="give --asset-col"):
+    with pytest.raises(InputError, match="give the asset column, the column that names each machine"):
         find_machines(str(both))
     hostile = tmp_path / "hostile.csv"
     hostile.write_text("asset,x\n../../etc,1\n")
@@ -78,11 +89,9 @@ def test_machines_come_from_a_folder_or_from_one_csv_split_by_a_column(tmp_path)
 
 
 @pytest.mark.slow
-def test_a_fleet_builds_each_machine_records_a_failure_and_resumes(fleet_data, tmp_path):
-    out = tmp_path / "fleet"
-    lines = []
-    index = train_fleet(str(fleet_data), str(out), FleetSettings(overrides=TINY), workers=2, version=7,
-                        progress=lines.append)
+def test_a_fleet_builds_each_machine_records_a_failure_and_resumes(built_fleet, fleet_data, tmp_path):
+    import shutil
+    out, index, lines = built_fleet
     machines = index["machines"]
     assert set(machines) == {"pump-a", "line2/pump-b", "short"}
     assert machines["short"]["status"] == "failed" and "InputError" in machines["short"]["error"]
@@ -98,12 +107,15 @@ def test_a_fleet_builds_each_machine_records_a_failure_and_resumes(fleet_data, t
                                                                       for line in lines)
     # the same machine's model is the same model whichever worker built it, and a re-run skips what is current
     before = scores_of(out / machines["pump-a"]["bundle"], fleet_data / "pump-a.csv")
-    write_machine(fleet_data / "line2" / "pump-b.csv", 3)                  # pump-b's data changes
-    again = train_fleet(str(fleet_data), str(out), FleetSettings(overrides=TINY), workers=1, version=8,
+    data, out = tmp_path / "data", tmp_path / "fleet"                     # copies: the module's fleet stays as built
+    shutil.copytree(fleet_data, data)
+    shutil.copytree(built_fleet[0], out)
+    write_machine(data / "line2" / "pump-b.csv", 3)                        # pump-b's data changes
+    again = train_fleet(str(data), str(out), FleetSettings(overrides=TINY), workers=1, version=8,
                         progress=None)
     assert (again["last_run"]["built"], again["last_run"]["failed"], again["last_run"]["skipped"]) == (1, 1, 1)
     assert again["machines"]["pump-a"]["version"] == 7 and again["machines"]["line2/pump-b"]["version"] == 8
-    after = scores_of(out / again["machines"]["pump-a"]["bundle"], fleet_data / "pump-a.csv")
+    after = scores_of(out / again["machines"]["pump-a"]["bundle"], data / "pump-a.csv")
     np.testing.assert_array_equal(before[0], after[0])
     report = fleet_report(str(out))
     assert report["summary"]["ok"] == 2 and report["summary"]["failed"] == 1
@@ -113,23 +125,23 @@ def test_a_fleet_builds_each_machine_records_a_failure_and_resumes(fleet_data, t
 
 
 @pytest.mark.slow
-def test_fleet_through_a_local_ray_gives_the_same_bundles_scores(fleet_data, tmp_path):
+def test_fleet_through_a_local_ray_gives_the_same_bundles_scores(built_fleet, fleet_data, tmp_path):
     ray = pytest.importorskip("ray")
     settings = FleetSettings(overrides=TINY)
-    local = train_fleet(str(fleet_data), str(tmp_path / "local"), settings, workers=1, version=5,
-                        progress=None, exclude=("short",))
+    local_dir, local, _ = built_fleet                                      # built by local worker processes
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         remote = train_fleet(str(fleet_data), str(tmp_path / "ray"), settings, backend="ray", version=5,
                              progress=None, exclude=("short",))
     finally:
         ray.shutdown()
-    assert set(remote["machines"]) == set(local["machines"]) == {"pump-a", "line2/pump-b"}
+    built_locally = {name for name, e in local["machines"].items() if e["status"] == "ok"}
+    assert set(remote["machines"]) == built_locally == {"pump-a", "line2/pump-b"}
     for name, e in remote["machines"].items():
         assert e["status"] == "ok", e.get("error")
         assert e["data_sha256"] == local["machines"][name]["data_sha256"]
         csv_path = fleet_data / (name + ".csv")
-        a = scores_of(tmp_path / "local" / local["machines"][name]["bundle"], csv_path)
+        a = scores_of(local_dir / local["machines"][name]["bundle"], csv_path)
         b = scores_of(tmp_path / "ray" / e["bundle"], csv_path)
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
@@ -137,9 +149,12 @@ def test_fleet_through_a_local_ray_gives_the_same_bundles_scores(fleet_data, tmp
 
 @pytest.mark.slow
 def test_fleet_commands(fleet_data, tmp_path):
+    from tests.test_signing import keygen
+    from edge_detector.runtime.trust import load_trust
+    owner, stranger = keygen(tmp_path, "owner"), keygen(tmp_path, "stranger")
     out = tmp_path / "fleet"
     args = ["fleet", "train", str(fleet_data), "--out", str(out), "--window", "10", "--epochs", "1",
-            "--exclude", "line2/*", "--workers", "1"]
+            "--exclude", "line2/*", "--workers", "1", "--sign-key", str(owner)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1                                             # 'short' failed
     assert "1 machines failed" in result.output and "fleet report" in result.output
@@ -147,14 +162,7 @@ def test_fleet_commands(fleet_data, tmp_path):
     assert ok.exit_code == 0, ok.output
     assert "0 built, 0 failed, 1 unchanged" in ok.output                    # pump-a is current
     # signed here, after the worker's build: the gateway's --trusted-keys accepts it, a stranger's key does not
-    from tests.test_signing import keygen
-    from edge_detector.runtime.trust import load_trust
-    owner, stranger = keygen(tmp_path, "owner"), keygen(tmp_path, "stranger")
-    signed = CliRunner().invoke(cli, args[:4] + [str(tmp_path / "signed"), "--window", "10", "--epochs", "1", "--exclude", "line2/*",
-                                                 "--exclude", "short", "--sign-key", str(owner)])
-    assert signed.exit_code == 0, signed.output
-    bundle = tmp_path / "signed" / json.loads((tmp_path / "signed" / FLEET_JSON).read_text())["machines"]["pump-a"][
-        "bundle"]
+    bundle = out / json.loads((out / FLEET_JSON).read_text())["machines"]["pump-a"]["bundle"]
     Detector.load(str(bundle), trust=load_trust(str(owner) + ".pub", str(tmp_path / "state")))
     from edge_detector.runtime import BundleError
     with pytest.raises(BundleError):
@@ -173,18 +181,18 @@ def test_fleet_commands(fleet_data, tmp_path):
 @pytest.mark.parametrize("fixture", ["trained", "trained_rig"])
 def test_a_template_filled_with_a_models_weights_runs_like_its_own_conversion(fixture, request):
     """Converting once per architecture and writing each model's weights in gives the converter's numbers."""
-    from edge_detector.export import convert
+    from edge_detector.export import tflite_convert
     from edge_detector.export.tf_setup import import_tf
     from edge_detector.export.train import TrainedModels
     from edge_detector.runtime.engines import tflite_interpreter_class
     model_dir, _ = request.getfixturevalue(fixture)
     models = TrainedModels(str(model_dir))
     tf, tf_keras, _ = import_tf()
-    single = convert.batch_one_model(tf_keras, models)
+    single = tflite_convert.batch_one_model(tf_keras, models)
     single.set_weights(models.keras.get_weights())
-    full = convert.tflite_bytes(tf, single)
-    filled = convert.templated_tflite(tf, tf_keras, models)
-    assert convert._TEMPLATES and all(t is not None for t in convert._TEMPLATES.values())
+    full = tflite_convert.tflite_bytes(tf, single)
+    filled = tflite_convert.templated_tflite(tf, tf_keras, models)
+    assert tflite_convert._TEMPLATES and all(t is not None for t in tflite_convert._TEMPLATES.values())
     windows = np.random.default_rng(0).normal(size=(4, models.meta["window"], len(models.meta["sensors"])))
 
     def outputs(blob):

@@ -84,22 +84,33 @@ def test_one_skab_file_trains_exports_and_scores_in_under_a_minute(tmp_path, cap
 def test_margins_are_the_median_over_pieces_of_each_pieces_quantile(tmp_path, monkeypatch):
     # The rule alone, with known scores in place of trained models (the real run is in
     # benchmarks/README.md): each piece's margin is the factor that lets CALIBRATION_FAR of
-    # its test rows alarm; the margin used is the median over pieces, floored at 1.
+    # its test rows alarm; the margin used is the median over pieces, floored at 1. The tau2
+    # side is the product's (edge_detector.export.margin), the T2 side the benchmark's.
+    from types import SimpleNamespace
+
+    from edge_detector.export import margin
     skab = load_skab_module()
     test_rows = 1000
     levels = {"a": 2.0, "b": 4.0, "c": 40.0}           # piece c drifts far: it must not set the margin
     seen = []
 
-    def fake_score_dataset(data, name, workdir, modes, engine, seed, overrides):
-        seen.append(overrides["tau2_margin"])
-        ramp = np.linspace(0.0, 1.0, test_rows) * levels[name]     # scores in units of the margin-1 threshold
+    def ramp(name):
+        return np.linspace(0.0, 1.0, test_rows) * levels[name]   # scores in units of the margin-1 threshold
+
+    def fake_score_piece(data, workdir, config, train_rows, engine, fast_conversion):
+        seen.append((config.tau2_margin, train_rows))
         ran = np.ones(test_rows, dtype=bool)
         ran[::2] = False                                          # rows stage 1 kept from stage 2 never alarm
-        return {"hybrid": {"score": ramp, "stage2": ran}, "t2_rolling10": {"score": ramp / skab.T2_MULTIPLIER}}
+        return {"score": ramp(data.values), "stage2": ran}
 
-    monkeypatch.setattr(skab, "score_dataset", fake_score_dataset)
-    report = skab.calibrate_margins([(k, None) for k in levels], str(tmp_path), "numpy", 0, {}, jobs=1)
-    assert seen == [1.0, 1.0, 1.0]                                 # calibration runs at margin 1
+    def fake_t2_reference(name):
+        return {"score": np.concatenate([np.zeros(skab.TRAIN_ROWS), ramp(name) / skab.T2_MULTIPLIER])}
+
+    monkeypatch.setattr(margin, "score_piece", fake_score_piece)
+    monkeypatch.setattr(skab, "t2_reference", fake_t2_reference)
+    pieces = [(k, SimpleNamespace(values=k)) for k in levels]
+    report = skab.calibrate_margins(pieces, str(tmp_path), "numpy", 0, {}, jobs=1)
+    assert seen == [(1.0, skab.TRAIN_ROWS)] * 3                    # calibration runs at margin 1, on 400 rows
     q = 1 - skab.CALIBRATION_FAR
     hybrid = {k: np.quantile(np.where(np.arange(test_rows) % 2 == 0, 0.0, np.linspace(0, 1, test_rows) * v), q)
               for k, v in levels.items()}
@@ -108,11 +119,12 @@ def test_margins_are_the_median_over_pieces_of_each_pieces_quantile(tmp_path, mo
     assert report["t2_margin"] == pytest.approx(np.quantile(np.linspace(0, 1, test_rows) * 4.0, q), abs=1e-3)
     assert report["pooled"]["tau2_margin"] > report["tau2_margin"]  # the pooled quantile follows piece c
     levels.update(a=0.1, b=0.2, c=0.3)
-    assert skab.calibrate_margins([(k, None) for k in levels], str(tmp_path), "numpy", 0, {}, jobs=1)["tau2_margin"] == 1.0
+    assert skab.calibrate_margins(pieces, str(tmp_path), "numpy", 0, {}, jobs=1)["tau2_margin"] == 1.0
 
 
 def test_an_adaptive_pieces_margin_is_the_smallest_that_keeps_its_alarms_under_the_share():
     """With the adaptive threshold, a piece's margin is found by running the device's own rule over the piece."""
+    from edge_detector.export.margin import piece_margin
     from edge_detector.runtime.threshold import Threshold, ThresholdSpec
     skab = load_skab_module()
     rng = np.random.default_rng(5)
@@ -121,7 +133,7 @@ def test_an_adaptive_pieces_margin_is_the_smallest_that_keeps_its_alarms_under_t
     spec = ThresholdSpec("adaptive", 0.95, 200, 1.0, ())
     part = {"score": scores, "stage2": ran, "threshold": spec, "initial_units": list(np.abs(rng.normal(1, 0.3, 200)))}
     q = 1 - skab.CALIBRATION_FAR
-    margin = skab.piece_margin(part, q)
+    margin = piece_margin(part, q)
 
     def alarms(m):
         t = Threshold(spec._replace(margin=m, initial=tuple(part["initial_units"])), 1.0)

@@ -35,28 +35,15 @@ def test_a_static_threshold_is_tau2():
     assert t.exceeded(2.1) and not t.exceeded(1.9) and t.value == 2.0
 
 
-@pytest.fixture(scope="module")
-def adaptive_bundle(tmp_path_factory, synthetic):
-    pytest.importorskip("tensorflow")
-    from edge_detector.export.convert import export_bundle
-    from edge_detector.export.data import load_csv
-    from edge_detector.export.train import train
-    from tests.conftest import tiny_config
-    _, path = synthetic
-    root = tmp_path_factory.mktemp("adaptive")
-    data = load_csv(str(path))
-    config = tiny_config(threshold="adaptive", tau2_margin=1.2, tau2_quantile=0.99, adaptive_history=100)
-    train(data, str(root / "model"), config, progress=None, source=str(path))
-    export_bundle(str(root / "model"), data, str(root / "bundle"), progress=None)
-    return root / "bundle"
-
-
 @pytest.mark.slow
-def test_the_bundle_records_the_threshold_and_every_engine_follows_it(adaptive_bundle, synthetic):
+def test_the_bundle_records_the_threshold_and_every_engine_follows_it(trained_rig, synthetic):
+    from tests.conftest import RIG_OPTIONS
+    _, adaptive_bundle = trained_rig                  # conftest's rig model: its threshold is adaptive
     data, _ = synthetic
     m = json.loads((adaptive_bundle / "manifest.json").read_text())
     t = m["threshold"]
-    assert t["kind"] == "adaptive" and t["margin"] == 1.2 and len(t["initial"]) == 100
+    assert t["kind"] == "adaptive" and t["margin"] == RIG_OPTIONS["tau2_margin"] == 1.5
+    assert len(t["initial"]) == RIG_OPTIONS["adaptive_history"] == 100
     decisions = {}
     for engine in ("numpy", "tflite"):
         for mode in ("hybrid", "lstm"):

@@ -66,7 +66,7 @@ def test_a_variant_runs_on_the_tflite_engine_with_its_own_threshold(quantized, s
     assert half.tau2 == m["variants"]["float16"]["tau2"] and float32.tau2 == m["thresholds"]["tau2"]
     a, b = float32.score(data.values).is_anomaly, half.score(data.values).is_anomaly
     assert np.mean(a == b) >= 0.995
-    with pytest.raises(BundleError, match="run it with --engine tflite"):
+    with pytest.raises(BundleError, match="run it with the tflite engine"):
         Detector.load(str(bundle), engine="numpy", variant="float16")
     with pytest.raises(BundleError, match="no stage-2 variant 'int4'"):
         Detector.load(str(bundle), engine="tflite", variant="int4")

@@ -13,7 +13,6 @@ consecutive windows (stage 2) and every calibration reading (stage 1):
 import json
 import os
 import time
-import warnings
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -24,15 +23,14 @@ from edge_detector.export.files import atomic_folder
 from edge_detector.export.metrics import rel_error
 from edge_detector.export.progress import Progress, log
 from edge_detector.export.signing import sign
-from edge_detector.export.tf_setup import import_tf, quiet_native_log
-from edge_detector.export.tflite_template import Template, TemplateError, coded_weights, fill_template, make_template
-from edge_detector.export.train import (TrainConfig, TrainedModels, build_autoencoder, read_model_meta,
-                                        transform_fields)
+from edge_detector.export.tf_setup import quiet_native_log
+from edge_detector.export.tflite_convert import ParityError, convert_tflite
+from edge_detector.export.train import TrainedModels, read_model_meta, transform_fields
+from edge_detector.export.variants import make_variants
 from edge_detector.runtime import (MANIFEST, ONNX_FILE, SCHEMA_VERSION, TFLITE_FILE, WEIGHTS, Detector, InputError,
                                    batch_features, prepare_windows, windows_at)
 from edge_detector.runtime.bundle import forest_arrays, manifest_digest, sha256_file
-from edge_detector.runtime.engines import (OnnxStage1, TFLiteStage2, numpy_stage1, numpy_stage2,
-                                          tflite_interpreter_class)
+from edge_detector.runtime.engines import OnnxStage1, TFLiteStage2, numpy_stage1, numpy_stage2
 from edge_detector.runtime.forest_fit import average_path_length, round_down_float32
 from edge_detector.runtime.learn import LearnSpec
 from edge_detector.runtime.lstm import DENSE_LAYERS, LSTM_LAYERS
@@ -45,10 +43,6 @@ STAGE2_RTOL = 1e-4                  # of max(score, tau2)
 PARITY_FLOOR = 1.0                  # x tau2: below it a stage-2 score is compared absolutely, relative to tau2
 STAGE1_ATOL = 1e-5
 PARITY_WINDOWS = 1000
-
-
-class ParityError(RuntimeError):
-    """An engine does not reproduce the original model closely enough to ship."""
 
 
 def pack_forest(forest) -> Dict[str, np.ndarray]:
@@ -95,68 +89,6 @@ def keras_weights(model) -> Dict[str, np.ndarray]:
         kernel, bias = model.get_layer(name).get_weights()
         out.update({name + "/kernel": kernel, name + "/bias": bias})
     return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
-
-
-def convert_tflite(models: TrainedModels, path: str, quantize: str = "none",
-                   representative: Optional[np.ndarray] = None, reuse: bool = False) -> list:
-    """Keras AE -> TFLite with a fixed batch of 1 (fused UNIDIRECTIONAL_SEQUENCE_LSTM); returns its ops.
-
-    ``quantize`` "none" is float32; float16, dynamic and int8 are ``variants``' (int8 calibrates on the
-    prepared normal windows ``representative`` [n, W, sensors]). ``reuse`` (float32 only) converts each
-    architecture once per process and writes this model's weights into it (``tflite_template``): what a
-    fleet of same-shaped models does; the parity gate checks the result like any other.
-    """
-    tf, tf_keras, _ = import_tf()
-    blob = templated_tflite(tf, tf_keras, models) if reuse and quantize == "none" else None
-    if blob is None:
-        single = batch_one_model(tf_keras, models)
-        single.set_weights(models.keras.get_weights())
-        blob = tflite_bytes(tf, single, quantize, representative)
-    with open(path, "wb") as fh:
-        fh.write(blob)
-    interpreter = tflite_interpreter_class()(model_path=path)
-    ops = sorted({op["op_name"] for op in interpreter._get_ops_details()})
-    if "UNIDIRECTIONAL_SEQUENCE_LSTM" not in ops:
-        raise ParityError("TFLite conversion did not fuse the LSTMs (ops: %s)" % ", ".join(ops))
-    return ops
-
-
-def batch_one_model(tf_keras, models: TrainedModels):
-    """The autoencoder's architecture with a fixed batch of 1 (what converts to the fused LSTM op), untrained."""
-    config = TrainConfig.from_dict(models.meta["config"])
-    return build_autoencoder(tf_keras, models.meta["window"], len(models.meta["sensors"]), config, batch_size=1)
-
-
-def tflite_bytes(tf, single, quantize: str = "none", representative: Optional[np.ndarray] = None) -> bytes:
-    """The TFLite converter's output for a batch-1 Keras model (the one place it is called)."""
-    converter = tf.lite.TFLiteConverter.from_keras_model(single)
-    if quantize != "none":
-        from edge_detector.export.variants import converter_options  # noqa: PLC0415 (variants imports this module)
-        converter_options(tf, converter, quantize, representative)
-    with warnings.catch_warnings():
-        # int8 keeps float input and output on purpose: the converter's note about their statistics is noise
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
-        return converter.convert()
-
-
-_TEMPLATES: Dict[str, Optional[Template]] = {}       # per process: architecture -> template (None: cannot be one)
-
-
-def templated_tflite(tf, tf_keras, models: TrainedModels) -> Optional[bytes]:
-    """The float32 TFLite model of ``models``, its weights written into this process' template of the architecture
-    (converted on first use); None where the architecture cannot be templated (then convert it in full)."""
-    weights = models.keras.get_weights()
-    config = models.meta["config"]
-    key = json.dumps([models.meta["window"], models.meta["sensors"], config["lstm_units"], config["bottleneck"]])
-    if key not in _TEMPLATES:
-        shapes = [w.shape for w in weights]
-        single = batch_one_model(tf_keras, models)
-        single.set_weights(coded_weights(shapes))
-        try:
-            _TEMPLATES[key] = make_template(tflite_bytes(tf, single), shapes)
-        except TemplateError:
-            _TEMPLATES[key] = None
-    return None if _TEMPLATES[key] is None else fill_template(_TEMPLATES[key], weights)
 
 
 def convert_onnx(models: TrainedModels, path: str, tidy: bool = True) -> None:
@@ -340,8 +272,7 @@ def export_bundle(model_dir: str, data: Dataset, out_dir: str, progress: Progres
 def with_variants(manifest: dict, models: TrainedModels, data: Dataset, folder: str, quantize: Sequence[str],
                   arrays: Dict[str, np.ndarray], progress: Progress) -> dict:
     """The manifest with its "variants" (converted, calibrated, gated; the refused ones with their reason)."""
-    from edge_detector.export.variants import make_variants  # noqa: PLC0415 (variants imports this module)
-    variants = make_variants(models, data, folder, manifest, quantize, convert_tflite, arrays, sha256_file, progress)
+    variants = make_variants(models, data, folder, manifest, quantize, arrays, progress)
     files = dict(manifest["files"], **{v["file"]: sha256_file(os.path.join(folder, v["file"]))
                                        for v in variants.values() if "file" in v})
     manifest = dict(manifest, files=files, variants=variants)
@@ -358,7 +289,7 @@ def export_model(model_dir: str, out_dir: str, data_path: Optional[str] = None,
     meta = read_model_meta(model_dir)
     data_path = data_path or (meta.get("training_data") or {}).get("path")
     if not data_path or not os.path.isfile(data_path):
-        raise InputError("the training CSV %s is needed for the parity checks: pass --data"
+        raise InputError("the training CSV %s is needed for the parity checks: name the training CSV"
                          % ("(%s) is gone;" % data_path if data_path else "was not recorded;"))
     data = load_csv(data_path, sensors=list(sensors or meta["sensors"]), label_col=label_col,
                     timestamp_col=timestamp_col)

@@ -52,7 +52,7 @@ def evaluate(bundle: str, data: Dataset, start: int = 0, engine: str = "numpy", 
     """Metrics per mode on rows [start:], plus LOF when a model folder is given. ``learning`` turns the device's
     learning (runtime.learn) on or off (default: as the bundle says)."""
     if data.labels is None:
-        raise InputError("evaluation needs labels: the data has no label column (pass --label-col)")
+        raise InputError("evaluation needs labels: the data has no label column (name the label column)")
     labels = data.labels[start:]
     kinds = data.kinds[start:] if data.kinds else None
     report: Dict[str, dict] = {}
@@ -92,7 +92,7 @@ def test_split(manifest: dict, data: Dataset, test_fraction: Optional[float]) ->
     start = split_start(n, test_fraction)
     if same and start < train_rows:
         return start, ("WARNING: scoring rows %d-%d includes %d of the rows the bundle was trained on, which "
-                       "flatters it; leave --test-fraction out to score its test split" % (start, n - 1,
+                       "flatters it; leave the test fraction out to score its test split" % (start, n - 1,
                                                                                         train_rows - start))
     return start, "scoring rows %d-%d (the last %g of the data)" % (start, n - 1, test_fraction)
 

@@ -2,42 +2,19 @@
 
 Each is written beside its destination under a temporary name, flushed, and renamed into
 place; an interrupted run (an exception, Ctrl-C, a full disk) leaves nothing under the
-final name, and an older file or folder there stays until the new one is complete.
+final name, and an older file or folder there stays until the new one is complete. A file's
+rule lives in the runtime (``edge_detector.runtime.atomic``, which the gateway uses too); this
+module adds folders.
 """
 import contextlib
-import json
 import os
 import shutil
 import tempfile
 from typing import Iterator
 
+from edge_detector.runtime.atomic import atomic_file, default_permissions, write_json
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_file(path: str, mode: str = "wb", **open_args) -> Iterator:
-    """Open a temporary file beside ``path`` for writing; on success it replaces ``path``.
-
-    The file gets the permissions a plain ``open`` would give (0644 under the usual umask).
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, mode, **open_args) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+__all__ = ["atomic_file", "atomic_folder", "write_json"]
 
 
 @contextlib.contextmanager
@@ -50,7 +27,7 @@ def atomic_folder(path: str, prefix: str = ".tmp-") -> Iterator[str]:
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, default_permissions(0o777))
     try:
         yield tmp
         if os.path.isdir(path):
@@ -60,9 +37,3 @@ def atomic_folder(path: str, prefix: str = ".tmp-") -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-
-def write_json(path: str, obj, allow_nan: bool = True) -> None:
-    """Write ``obj`` as indented JSON to ``path``, atomically (a report, a benchmark's results)."""
-    with atomic_file(path, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, allow_nan=allow_nan)
-        fh.write("\n")

@@ -131,11 +131,11 @@ def find_machines(data: str, asset_col: Optional[str] = None) -> List[Machine]:
     """The machines of DATA: a folder with one CSV per machine, or one CSV split by ``asset_col``."""
     if os.path.isdir(data):
         if asset_col:
-            raise InputError("--asset-col splits one CSV file; %s is a folder (one CSV per machine)" % data)
+            raise InputError("the asset column splits one CSV file; %s is a folder (one CSV per machine)" % data)
         machines = machines_in_folder(data)
     elif os.path.isfile(data):
         if not asset_col:
-            raise InputError("%s is one file: give --asset-col, the column that names each machine, or a folder "
+            raise InputError("%s is one file: give the asset column, the column that names each machine, or a folder "
                              "with one CSV per machine" % data)
         machines = machines_by_column(data, asset_col)
     else:
@@ -214,7 +214,7 @@ def train_overrides(settings: FleetSettings, rows: int) -> dict:
     overrides = dict(settings.overrides or {})
     if settings.train_rows:
         if settings.train_rows >= rows:
-            raise InputError("--train-rows %d: the machine's data has only %d rows" % (settings.train_rows, rows))
+            raise InputError("%d training rows asked for: the machine's data has only %d rows" % (settings.train_rows, rows))
         overrides["train_fraction"] = settings.train_rows / rows
     return overrides
 
@@ -270,7 +270,7 @@ def run_ray(tasks: List[Task], address: Optional[str], threads: int) -> Iterable
     try:
         import ray  # noqa: PLC0415
     except ImportError:
-        raise InputError("--backend ray needs Ray: pip install 'edge-detector[fleet]'") from None
+        raise InputError("the ray backend needs Ray: pip install 'edge-detector[fleet]'") from None
     from .tf_setup import tf_environment  # noqa: PLC0415
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)

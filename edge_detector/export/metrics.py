@@ -106,10 +106,19 @@ def continuous_scores(detector: Detector, scores: Scores) -> np.ndarray:
     return np.where(ran, s2, scores.stage1 / detector.tau1 - 1.0)
 
 
+def leading_rows(n: int, fraction: float) -> int:
+    """Rows in the leading ``fraction`` of ``n`` rows, the one rule for a chronological split (training's end).
+
+    >>> leading_rows(10000, 0.8), leading_rows(3, 0.5)
+    (8000, 2)
+    """
+    return int(round(n * fraction))
+
+
 def split_start(n: int, test_fraction: float) -> int:
     """First row of the chronological test split: the last ``test_fraction`` of ``n`` rows (0: none, start at 0).
 
     >>> split_start(10000, 0.2), split_start(10, 0.0)
     (8000, 0)
     """
-    return int(round(n * (1 - test_fraction))) if test_fraction else 0
+    return leading_rows(n, 1 - test_fraction) if test_fraction else 0

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 from edge_detector import runtime as runtime_package
 from edge_detector.export.files import atomic_file
 from edge_detector.export.signing import PACKAGE_NAMESPACE, sign
-from edge_detector.runtime import MANIFEST, Detector
+from edge_detector.runtime import MANIFEST, BundleError, Detector
 from edge_detector.runtime.bundle import read_plain_file
 from edge_detector.runtime.trust import SIGNATURE
 
@@ -153,6 +153,41 @@ def package_members(bundle: str) -> Dict[str, bytes]:
     return files
 
 
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+
+
+class ArchiveNameError(ValueError):
+    """The archive's name does not end in a gzip tar's suffix."""
+
+
+def check_archive_name(out: str) -> None:
+    """Refuse an archive name that does not end in .tar.gz or .tgz (the archive is a gzip tar).
+
+    >>> check_archive_name("gateway.tgz")
+    >>> check_archive_name("gateway.zip")
+    Traceback (most recent call last):
+    ...
+    edge_detector.export.package.ArchiveNameError: 'gateway.zip': the archive is a gzip tar, so its name must end in .tar.gz or .tgz
+    """
+    if not out.endswith(ARCHIVE_SUFFIXES):
+        raise ArchiveNameError("%r: the archive is a gzip tar, so its name must end in %s"
+                               % (out, " or ".join(ARCHIVE_SUFFIXES)))
+
+
+def archive_folder(out: str) -> str:
+    """The archive's top-level folder: its name without .tar.gz / .tgz ("gateway" when nothing is left).
+
+    >>> archive_folder("out/pump-7.tar.gz"), archive_folder("x.tgz"), archive_folder(".tgz")
+    ('pump-7', 'x', 'gateway')
+    """
+    base = os.path.basename(out)
+    for suffix in ARCHIVE_SUFFIXES:
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    return base or "gateway"
+
+
 def build_package(bundle: str, out: str, prefix: Optional[str] = None, sign_key: Optional[str] = None) -> List[str]:
     """Write the gateway archive ``out`` (.tar.gz); returns the member names.
 
@@ -160,14 +195,9 @@ def build_package(bundle: str, out: str, prefix: Optional[str] = None, sign_key:
     without .tar.gz / .tgz). ``sign_key`` writes ``out.sig``, the archive's SSH signature.
     """
     if not os.path.isdir(bundle):
-        raise FileNotFoundError("%s: no such bundle folder" % bundle)
+        raise BundleError("%s: no such bundle folder" % bundle)
     if prefix is None:
-        base = os.path.basename(out)
-        for suffix in (".tar.gz", ".tgz"):
-            if base.endswith(suffix):
-                base = base[: -len(suffix)]
-                break
-        prefix = base or "gateway"
+        prefix = archive_folder(out)
     files = package_members(bundle)
     now = int(time.time())
     names = []

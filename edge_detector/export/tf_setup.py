@@ -8,7 +8,8 @@ import sys
 import tempfile
 from typing import Dict, Iterator, Tuple
 
-TF_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+LOG_LEVEL_VAR = "TF_CPP_MIN_LOG_LEVEL"      # TensorFlow's C++ log: 0 all, 1 no info, 2 no warnings, 3 fatal only
+TF_ENV = {"TF_USE_LEGACY_KERAS": "1", LOG_LEVEL_VAR: "2"}
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
               "NUMEXPR_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 
@@ -20,6 +21,12 @@ def tf_environment(threads: int = 0) -> Dict[str, str]:
         env.update({name: str(threads) for name in THREAD_ENV})
         env["TF_NUM_INTEROP_THREADS"] = "1"
     return env
+
+
+def quiet_tf_log(level: str = "3") -> None:
+    """TensorFlow's C++ log at ``level`` (3: fatal only) in this process and every worker it starts, unless the
+    environment sets one already (a benchmark trains many models; their log lines would bury its results)."""
+    os.environ.setdefault(LOG_LEVEL_VAR, level)
 
 
 def import_tf(threads: int = 0) -> Tuple[object, object, object]:

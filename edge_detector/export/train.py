@@ -23,6 +23,7 @@ import numpy as np
 from edge_detector import __version__
 from edge_detector.export.data import Dataset, load_csv
 from edge_detector.export.files import atomic_folder
+from edge_detector.export.metrics import leading_rows
 from edge_detector.export.progress import Bar, Progress, log
 from edge_detector.export.tf_setup import configure_device, import_tf, quiet_native_log
 from edge_detector.runtime import FeatureSpec, InputError, WindowTransform, batch_features, prepare_windows, windows_at
@@ -114,8 +115,9 @@ PRESETS = {
     # sees raw rolling means of 5 and 15 readings. Normal operation drifts after training, by
     # different amounts on different days, so the threshold is adaptive: it follows the stream's
     # own scores that did not alarm (1.55 x their 0.95 quantile over the last 200, and never below
-    # 1.55 x the 0.99 quantile of the calibration scores). The margin is what benchmarks/skab.py
-    # calibrated, without labels, on SKAB's normal-only recording (see benchmarks/README.md).
+    # 1.55 x the 0.99 quantile of the calibration scores). The margin is what the label-free
+    # calibration (export/margin.py, through benchmarks/skab.py) gave on SKAB's normal-only recording
+    # (see benchmarks/README.md); `train --margin-from` runs the same on a recording of one's own.
     # Stage 2 also scores its whitened input's energy (a T^2 of the window, so a shift the
     # autoencoder copies still scores), and a reading alarms when 3 of the last 5 crossed the
     # threshold, which removes flicker (issue 23's ablation: SKAB changepoint false positives
@@ -176,8 +178,8 @@ def build_autoencoder(tf_keras, window: int, n_sensors: int, config: TrainConfig
 
 def split_points(n: int, config: TrainConfig) -> Tuple[int, int]:
     """(end of the fit part, end of the train split) as row indices."""
-    train_end = int(round(n * config.train_fraction))
-    fit_end = int(round(train_end * (1 - config.calibration_fraction)))
+    train_end = leading_rows(n, config.train_fraction)
+    fit_end = leading_rows(train_end, 1 - config.calibration_fraction)
     if fit_end < 2 * config.window or train_end - fit_end < config.window:
         raise InputError("%d rows are too few for window %d: need at least %d"
                          % (n, config.window, int(4 * config.window / config.train_fraction)))

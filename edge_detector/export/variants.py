@@ -23,8 +23,10 @@ import numpy as np
 from edge_detector.export.data import Dataset
 from edge_detector.export.metrics import f1_score, rel_error
 from edge_detector.export.progress import Progress, log
+from edge_detector.export.tflite_convert import convert_tflite
 from edge_detector.export.train import TrainConfig, TrainedModels, stage2_threshold, window_ends
 from edge_detector.runtime import TFLITE_FILE, Bundle, Detector, prepare_windows, windows_at
+from edge_detector.runtime.bundle import sha256_file
 from edge_detector.runtime.engines import TFLiteStage2
 from edge_detector.runtime.windows import stage2_scores
 
@@ -34,16 +36,6 @@ MAX_F1_DIFF = 0.01
 
 def variant_file(name: str) -> str:
     return "lstm_ae.%s.tflite" % name
-
-
-def converter_options(tf, converter, name: str, representative: Optional[np.ndarray]) -> None:
-    """Set a TFLite converter up for variant ``name`` (float16, dynamic or int8)."""
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if name == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    elif name == "int8":
-        converter.representative_dataset = lambda: ([w[None]] for w in representative)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
 
 
 def calibration_windows(models: TrainedModels, data: Dataset) -> np.ndarray:
@@ -114,11 +106,11 @@ def gate(models: TrainedModels, data: Dataset, bundle: Bundle, name: str, varian
 
 
 def make_variant(models: TrainedModels, data: Dataset, folder: str, manifest: dict, name: str,
-                 convert, x_cal: np.ndarray, arrays: Dict[str, np.ndarray], sha256, reference) -> dict:
+                 x_cal: np.ndarray, arrays: Dict[str, np.ndarray], reference) -> dict:
     """Convert, calibrate and gate one variant in ``folder``; returns its manifest entry (with "error" if refused)."""
     path = os.path.join(folder, variant_file(name))
     try:
-        ops = convert(models, path, quantize=name, representative=x_cal[:200])
+        ops = convert_tflite(models, path, quantize=name, representative=x_cal[:200])
     except Exception as exc:  # the converter raises its own types; a variant that fails is reported, not fatal
         return {"error": "does not convert: %s" % str(exc).strip().splitlines()[0][:200]}
     size, original = os.path.getsize(path), os.path.getsize(os.path.join(folder, TFLITE_FILE))
@@ -131,7 +123,7 @@ def make_variant(models: TrainedModels, data: Dataset, folder: str, manifest: di
     tau2, spec = stage2_threshold(s2_cal, TrainConfig.from_dict(models.meta["config"]))
     entry = {"file": variant_file(name), "bytes": os.path.getsize(path), "ops": ops, "tau2": tau2,
              "threshold": spec.to_dict()}
-    trial = dict(manifest, files=dict(manifest["files"], **{entry["file"]: sha256(path)}), variants={name: entry})
+    trial = dict(manifest, files=dict(manifest["files"], **{entry["file"]: sha256_file(path)}), variants={name: entry})
     bundle = Bundle(folder, trial, arrays)
     entry["parity"] = gate(models, data, bundle, name, s2_cal, reference(bundle))
     if "error" in entry["parity"]:
@@ -140,8 +132,8 @@ def make_variant(models: TrainedModels, data: Dataset, folder: str, manifest: di
     return entry
 
 
-def make_variants(models: TrainedModels, data: Dataset, folder: str, manifest: dict, names, convert,
-                  arrays: Dict[str, np.ndarray], sha256, progress: Progress) -> Dict[str, dict]:
+def make_variants(models: TrainedModels, data: Dataset, folder: str, manifest: dict, names,
+                  arrays: Dict[str, np.ndarray], progress: Progress) -> Dict[str, dict]:
     """{variant: manifest entry} for every requested quantization but "none"."""
     x_cal = calibration_windows(models, data)
     out: Dict[str, dict] = {}
@@ -154,7 +146,7 @@ def make_variants(models: TrainedModels, data: Dataset, folder: str, manifest: d
     for name in names:
         if name == "none":
             continue
-        out[name] = make_variant(models, data, folder, manifest, name, convert, x_cal, arrays, sha256, reference)
+        out[name] = make_variant(models, data, folder, manifest, name, x_cal, arrays, reference)
         e = out[name]
         if "error" in e:
             log(progress, "variant %-7s: left out: %s" % (name, e["error"]))

@@ -101,10 +101,10 @@ def variant_entry(manifest: dict, engine: str, variant: Optional[str]) -> Option
         return None
     variants = manifest.get("variants") or {}
     if variant not in variants or "file" not in variants[variant]:
-        raise BundleError("bundle has no stage-2 variant %r (it has: %s; export --quantize makes them)"
-                          % (variant, ", ".join(sorted(k for k, v in variants.items() if "file" in v)) or "none"))
+        raise BundleError("bundle has no stage-2 variant %r (it has: %s; an export with quantized variants makes "
+                          "them)" % (variant, ", ".join(sorted(k for k, v in variants.items() if "file" in v)) or "none"))
     if engine not in ("tflite", "auto"):
-        raise BundleError("variant %r is a TFLite model: run it with --engine tflite" % variant)
+        raise BundleError("variant %r is a TFLite model: run it with the tflite engine" % variant)
     return variants[variant]
 
 
@@ -259,7 +259,7 @@ class Detector:
         if warm:
             return Score(s1, None, False, None, True)
         if self.mode == "iforest":
-            alarm = bool(s1 > self.tau_iforest)
+            alarm = bool(self._iforest_alarms(s1))
             if not alarm or self.explainer is None:
                 return Score(s1, None, alarm, None, False)
             shares = self.explainer.shares(features[None])[0]
@@ -269,8 +269,9 @@ class Detector:
         contributions = {s: round(float(v), 6) for s, v in zip(self.sensors, shares)}
         return Score(s1, s2, bool(state.threshold.exceeded(s2)), contributions, False)
 
-    def _needs_stage2(self, s1: float) -> bool:
-        return self.mode == "lstm" or (self.mode == "hybrid" and s1 > self.tau1)
+    def _iforest_alarms(self, s1):
+        # stage-1 score(s), a float or [n] -> alarm(s): the iforest mode's rule, stage 1 over its own threshold
+        return s1 > self.tau_iforest
 
     def check_time(self, seconds) -> None:
         """InputError when the bundle's features need each reading's time (the time family) and one is missing."""
@@ -296,7 +297,7 @@ class Detector:
         for st, x in zip(states, readings):
             st.remember(x)
         warm = [st.count < self.warmup for st in states]
-        need = [i for i in range(len(states)) if not warm[i] and self._needs_stage2(float(s1[i]))]
+        need = [i for i in np.flatnonzero(self._routed_to_stage2(s1)).tolist() if not warm[i]]
         s2, shares = {}, {}
         if need:
             scores, share = window_scores(np.stack([states[i].buffer for i in need]), self.stage2, self.transform)
@@ -342,10 +343,10 @@ class Detector:
         feats = batch_features(values, self.spec, seconds) if n else None                  # [n, features]
         s1 = self.stage1(feats) if n else np.zeros(0)                                       # [n]
         warm = np.arange(n) + 1 < self.warmup
-        run = ~warm & self._batch_needs_stage2(s1)
+        run = ~warm & self._routed_to_stage2(s1)
         s2, shares = self._batch_stage2(values, np.flatnonzero(run), batch_size)
         if self.mode == "iforest":
-            alarm = ~warm & (s1 > self.tau_iforest)
+            alarm = ~warm & self._iforest_alarms(s1)
             if self.explainer is not None and alarm.any():
                 shares[alarm] = self.explainer.shares(feats[alarm])
         else:
@@ -372,7 +373,8 @@ class Detector:
             raise InputError("row %d has a value that is not finite or beyond +-%g" % (bad_rows[0], MAX_ABS_VALUE))
         return values
 
-    def _batch_needs_stage2(self, s1: np.ndarray) -> np.ndarray:
+    def _routed_to_stage2(self, s1: np.ndarray) -> np.ndarray:
+        # [n] stage-1 scores -> [n] which readings stage 2 scores: lstm all, hybrid those over tau1, iforest none
         if self.mode == "lstm":
             return np.ones(s1.shape, dtype=bool)
         if self.mode == "hybrid":

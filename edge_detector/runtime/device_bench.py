@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .atomic import atomic_file, write_json
 from .detector import MODES, Detector
 from .engines import engine_available
 from .multistream import MultiDetector
@@ -294,9 +295,8 @@ def main(argv: List[str]) -> int:
     text = markdown(report)
     sys.stdout.write(text)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
+        write_json(args.json, report)
     if args.markdown:
-        with open(args.markdown, "w") as fh:
+        with atomic_file(args.markdown, "w", encoding="utf-8") as fh:
             fh.write(text)
     return 0

@@ -13,9 +13,9 @@ The versions accepted are kept in a small JSON ledger in the state folder:
 """
 import json
 import os
-import tempfile
 from typing import Dict, List, NamedTuple, Optional
 
+from .atomic import write_json
 from .errors import BundleError
 from .plainfile import read_plain_file
 from .signature import BUNDLE_NAMESPACE, MAX_SIGNATURE_BYTES, fingerprint, load_public_keys, verify
@@ -58,18 +58,12 @@ def _read_ledger(path: str) -> Dict[str, int]:
 
 
 def _write_ledger(path: str, ledger: Dict[str, int]) -> None:
-    folder = os.path.dirname(path)
     try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ledger-", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(ledger, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        write_json(path, ledger, indent=1, sort_keys=True, permissions=0o600)
     except OSError as exc:
         raise BundleError("cannot record the accepted bundle version in %s (%s): without it a rollback could not be "
-                          "refused; pass a writable --state-dir" % (path, exc)) from None
+                          "refused; give a writable state folder" % (path, exc)) from None
 
 
 def check_signed(bundle: str, manifest_bytes: bytes, trust: Trust) -> str:

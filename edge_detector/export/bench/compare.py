@@ -24,11 +24,11 @@ def load_device_report(path: str) -> dict:
         with open(path, encoding="utf-8") as fh:
             report = json.load(fh)
     except OSError as exc:
-        raise InputError("--compare %r cannot be read (%s)" % (path, exc.strerror or exc)) from None
+        raise InputError("the device report %r cannot be read (%s)" % (path, exc.strerror or exc)) from None
     except ValueError as exc:
-        raise InputError("--compare %r is not JSON (%s)" % (path, exc)) from None
+        raise InputError("the device report %r is not JSON (%s)" % (path, exc)) from None
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
-        raise InputError("--compare %r must be a device bench report (schema %r), got schema %r"
+        raise InputError("the device report %r must be a device bench report (schema %r), got schema %r"
                          % (path, SCHEMA, report.get("schema") if isinstance(report, dict) else None))
     return report
 

@@ -70,8 +70,8 @@ def load_originals(model_dir: Optional[str], manifest: dict, threads: int) -> Or
     A note is added when the folder was trained on other data than the bundle (sha256 differs).
     """
     if model_dir is None:
-        return OriginalsCheck(None, "no model folder given: the originals (scikit-learn, Keras) need model_dir "
-                                    "(--model), the folder with %s and %s" % (IFOREST_FILE, KERAS_FILE), [], None)
+        return OriginalsCheck(None, "no model folder given: the originals (scikit-learn, Keras) need the model "
+                                    "folder, the one with %s and %s" % (IFOREST_FILE, KERAS_FILE), [], None)
     if not all(os.path.isfile(os.path.join(model_dir, f)) for f in (IFOREST_FILE, KERAS_FILE, MODEL_JSON)):
         return OriginalsCheck(None, "%s is not a model folder (needs %s, %s, %s)" % (
             model_dir, IFOREST_FILE, KERAS_FILE, MODEL_JSON), [], None)

@@ -13,8 +13,8 @@ from edge_detector.export.metrics import f1_score, rel_error, split_start
 from edge_detector.export.progress import Progress, log
 from edge_detector.export.tf_setup import quiet_native_log
 from edge_detector.export.train import IFOREST_FILE, KERAS_FILE
-from edge_detector.runtime import (ONNX_FILE, TFLITE_FILE, WEIGHTS, Detector, batch_features, engine_available,
-                                   load_manifest, prepare_windows, windows_at)
+from edge_detector.runtime import (ONNX_FILE, TFLITE_FILE, WEIGHTS, Detector, InputError, batch_features,
+                                   engine_available, load_manifest, prepare_windows, windows_at)
 
 from . import BATCH_SIZES, BENCH_ENGINES, STAGE_IMPL
 from .cold_start import cold_start
@@ -56,10 +56,10 @@ def score_errors(got: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
 
 
 def checked_engines(engines: Sequence[str]) -> List[str]:
-    """The requested engines in BENCH_ENGINES' order; ValueError naming any unknown one."""
+    """The requested engines in BENCH_ENGINES' order; InputError naming any unknown one."""
     unknown = sorted(set(engines) - set(BENCH_ENGINES))
     if unknown:
-        raise ValueError("unknown engine(s) %s; choose from %s" % (", ".join(unknown), ", ".join(BENCH_ENGINES)))
+        raise InputError("unknown engine(s) %s; choose from %s" % (", ".join(unknown), ", ".join(BENCH_ENGINES)))
     return [e for e in BENCH_ENGINES if e in set(engines)]
 
 
