@@ -191,7 +191,7 @@ def test_without_model_folder_the_originals_are_skipped_with_a_note(trained, syn
     report = run_bench(str(bundle), str(csv_path), engines=("numpy", "original"), runs=3, warmup=0,
                        max_seconds=0.2, stream_limit=20, batch_sizes=(1, 4))
     json.dumps(report, allow_nan=False)
-    assert "original" in report["skipped"] and "model_dir" in report["skipped"]["original"]
+    assert "original" in report["skipped"] and "no model folder given" in report["skipped"]["original"]
     assert list(report["engines"]) == ["numpy"] and report["accuracy"] is None
     assert any("original" in n for n in report["notes"])
     assert 0 <= report["f1"]["numpy"]["hybrid"] <= 1
