@@ -63,7 +63,7 @@ trap 'rm -rf "$private"' EXIT
 private_copy() {  # FILE NAME WHAT
     [ -f "$1" ] || die "$3 $1 is not a regular file (a FIFO, a folder?): refused"
     cp -- "$1" "$private/$2" || die "$3 $1 cannot be copied"
-    [ -f "$private/$2" ] && [ ! -L "$private/$2" ] || die "$3 $1 changed while it was copied: refused"
+    if [ ! -f "$private/$2" ] || [ -L "$private/$2" ]; then die "$3 $1 changed while it was copied: refused"; fi
 }
 
 # The archive's owner signature, checked on the private copies before a single byte of it is unpacked.

@@ -50,7 +50,7 @@ def energy_bundle(tmp_path_factory, synthetic):
     """A tiny rig-like bundle with the input energy and persistence 3 of 5 (export's parity gate passed)."""
     from edge_detector.runtime import FeatureSpec
     config = tiny_config(features=FeatureSpec(windows=(5, 15), families=("abs", "diff")), input_energy=True,
-                         threshold="adaptive", persist_k=3, persist_n=5, **RIG_OPTIONS)
+                         persist_k=3, persist_n=5, **RIG_OPTIONS)              # RIG_OPTIONS: adaptive
     return _train_and_export(tmp_path_factory, synthetic, "energy", config)[1]
 
 
