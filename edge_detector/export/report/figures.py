@@ -383,10 +383,11 @@ def operating_point(r: ReportData):
     now = d.tau2 if curve.parameter == "tau2" else d.threshold_spec.margin
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(WIDTH * 0.6, 3.6), layout="constrained")
-    ax.plot(curve.levels, np.maximum(curve.rates * 100, 1e-3), color="C0", lw=1.5)
+    ax.plot(curve.levels, curve.rates * 100, color="C0", lw=1.5)
     ax.axvline(now, color="C3", lw=1.2, ls="--", label="this bundle: %s = %.3g" % (curve.parameter, now))
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    ax.set_yscale("symlog", linthresh=0.1)                     # 0 stays 0; 0.1% to 100% logarithmic
+    ax.set_ylim(0, 100)
     ax.set_xlabel("stage-2 %s" % ("threshold tau2" if curve.parameter == "tau2" else "adaptive margin"))
     ax.set_ylabel("alarms, % of normal readings")
     ax.legend(loc="upper right", fontsize=8)
