@@ -32,7 +32,8 @@ def test_the_cli_takes_a_margin_or_a_recording_to_calibrate_it_not_both(tmp_path
     normal.write_text("a,b\n1,2\n")
     result = CliRunner().invoke(cli, ["train", str(normal), "--out", str(tmp_path / "m"), "--tau2-margin", "1.5",
                                       "--margin-from", str(normal)])
-    assert result.exit_code == 2 and "--margin-from calibrates the margin that --tau2-margin sets" in result.output
+    assert result.exit_code == 2
+    assert "--margin-from calibrates the margin that --tau2-margin and --target-far set" in result.output
 
 
 @pytest.mark.slow
