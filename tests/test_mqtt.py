@@ -132,11 +132,11 @@ def _held_detector(bundle, hold_first=True):
     detector = Detector.load(str(bundle))
     release, original, scored = threading.Event(), detector.score_one, []
 
-    def score_one(values):
+    def score_one(values, *args, **kwargs):
         scored.append(tuple(float(v) for v in values))
         if hold_first and len(scored) == 1:
             assert release.wait(120)
-        return original(values)
+        return original(values, *args, **kwargs)
     detector.score_one = score_one
     return detector, release, scored
 
